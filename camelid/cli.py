@@ -1,0 +1,53 @@
+"""The `camelid` command.
+
+Each subcommand lives next to the code it drives and exposes `add_arguments(parser)` and
+`run(args)`. Modules are imported only when their command runs, so `camelid --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from camelid.errors import CamelidError
+
+# name -> (module, one-line help). Keep in pipeline order: it is the order `--help` lists them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "quickstart": ("camelid.quickstart", "the whole recipe on a laptop CPU: tokenizer, pre-training, ..."),
+    "convert": ("camelid.checkpoint", "convert a checkpoint between camelid, Hugging Face and Meta formats"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="camelid",
+        description="LLaMA-1 / Llama-2 training system. Run `camelid COMMAND --help` for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {n:<12} {h}" for n, (_, h) in COMMANDS.items()),
+    )
+    p.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        _top_parser().parse_args(argv[:1] or ["--help"])
+        return
+    name, rest = argv[0], argv[1:]
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"camelid {name}", description=help_text,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        code = module.run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        code = 130
+    except CamelidError as e:
+        print(f"camelid {name}: error: {e}", file=sys.stderr)
+        code = 2
+    sys.exit(code or 0)

@@ -1,0 +1,309 @@
+"""The LLaMA-1 / Llama-2 transformer, as Meta's reference `llama/model.py` defines it.
+
+Pre-norm RMSNorm, rotary position embeddings on q and k (Meta's interleaved pair layout),
+grouped-query attention through `scaled_dot_product_attention`, SwiGLU feed-forward, no biases,
+untied embedding and output. Module and parameter names are Meta's, so checkpoints and
+tensor-parallel plans map one to one. No training, I/O or distributed code lives here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int | None = None  # None: multi-head attention (n_kv_heads == n_heads)
+    vocab_size: int = 32000
+    multiple_of: int = 256  # Meta's FFN rule: hidden rounded up to a multiple of this
+    ffn_dim_multiplier: float | None = None  # 1.3 for Llama-2-70B
+    ffn_hidden_dim: int | None = None  # explicit hidden size (Hugging Face `intermediate_size`); wins over the rule
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_seq_len: int = 2048
+
+    def __post_init__(self):
+        self.validate()
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        if self.ffn_hidden_dim is not None:
+            return self.ffn_hidden_dim
+        hidden = int(2 * (4 * self.dim) / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+    def validate(self) -> None:
+        def need(ok: bool, msg: str):
+            if not ok:
+                raise ValueError(f"invalid model config: {msg}")
+
+        for name in ("dim", "n_layers", "n_heads", "vocab_size", "multiple_of", "max_seq_len"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) > 0,
+                 f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        need(self.dim % self.n_heads == 0, f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        need(self.head_dim % 2 == 0, f"head_dim {self.head_dim} (dim / n_heads) must be even for rotary embeddings")
+        need(self.kv_heads > 0 and self.n_heads % self.kv_heads == 0,
+             f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.kv_heads}")
+        need(self.ffn_hidden_dim is None or self.ffn_hidden_dim > 0, f"ffn_hidden_dim must be positive, got {self.ffn_hidden_dim}")
+        need(self.ffn_dim_multiplier is None or self.ffn_dim_multiplier > 0, "ffn_dim_multiplier must be positive")
+        need(self.norm_eps > 0, f"norm_eps must be positive, got {self.norm_eps}")
+        need(self.rope_theta > 0, f"rope_theta must be positive, got {self.rope_theta}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelArgs":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"invalid model config: unknown keys {unknown}; known keys are {sorted(known)}")
+        return cls(**d)
+
+    def num_params(self, include_embedding: bool = True) -> int:
+        """Exact parameter count, computed from the config alone."""
+        d, kv = self.dim, self.kv_heads * self.head_dim
+        per_layer = d * d * 2 + d * kv * 2 + 3 * d * self.hidden_dim + 2 * d
+        total = self.n_layers * per_layer + d + self.vocab_size * d  # + final norm + output
+        return total + (self.vocab_size * d if include_embedding else 0)
+
+
+def _llama(dim, n_layers, n_heads, *, version, n_kv_heads=None, multiple_of=256, ffn_dim_multiplier=None):
+    return dict(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, vocab_size=32000,
+                multiple_of=multiple_of, ffn_dim_multiplier=ffn_dim_multiplier,
+                norm_eps=1e-6 if version == 1 else 1e-5, max_seq_len=2048 if version == 1 else 4096)
+
+
+PRESETS: dict[str, dict] = {
+    # The papers' models (LLaMA-1 Table 2, Llama-2 Table 1 and Meta's params.json files).
+    "llama1-7b": _llama(4096, 32, 32, version=1),
+    "llama1-13b": _llama(5120, 40, 40, version=1),
+    "llama1-33b": _llama(6656, 60, 52, version=1),
+    "llama1-65b": _llama(8192, 80, 64, version=1),
+    "llama2-7b": _llama(4096, 32, 32, version=2),
+    "llama2-13b": _llama(5120, 40, 40, version=2),
+    "llama2-70b": _llama(8192, 80, 64, version=2, n_kv_heads=8, multiple_of=4096, ffn_dim_multiplier=1.3),
+    # Laptop sizes (vocab is replaced by the tokenizer's). Llama-2 shape: GQA, eps 1e-5.
+    "tiny": dict(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, vocab_size=4096, ffn_hidden_dim=704,
+                 norm_eps=1e-5, max_seq_len=256),
+    "mini": dict(dim=384, n_layers=6, n_heads=6, n_kv_heads=2, vocab_size=8192, ffn_hidden_dim=1024,
+                 norm_eps=1e-5, max_seq_len=512),
+    "small": dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=4, vocab_size=8192, ffn_hidden_dim=1408,
+                  norm_eps=1e-5, max_seq_len=1024),
+    "base": dict(dim=640, n_layers=8, n_heads=10, n_kv_heads=5, vocab_size=8192, ffn_hidden_dim=1728,
+                 norm_eps=1e-5, max_seq_len=1024),
+}
+
+
+def preset(name: str, **overrides) -> ModelArgs:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return ModelArgs(**{**PRESETS[name], **overrides})
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 whatever the activation dtype, as Meta does.
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+    def reset_parameters(self):
+        nn.init.ones_(self.weight)
+
+
+def rotary_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles for integer positions [B, T] -> two [B, T, head_dim/2] fp32 tensors."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    angles = positions.to(torch.float32).unsqueeze(-1) * inv_freq
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs (x0, x1), (x2, x3), ... of x [B, T, H, D] — Meta's complex-number layout."""
+    xf = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = xf[..., 0], xf[..., 1]
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # broadcast over heads
+    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+class KVCache:
+    """Preallocated keys and values for every layer: [B, n_kv_heads, max_len, head_dim] each.
+
+    `length` is how many positions are filled; all rows share it (shorter prompts are left-padded and
+    their padding is masked out through the key mask, so rows of any length decode together).
+    """
+
+    def __init__(self, args: ModelArgs, batch_size: int, max_len: int, device=None, dtype=torch.float32):
+        shape = (batch_size, args.kv_heads, max_len, args.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
+        self.max_len = max_len
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [B, n_kv, T, D] after the cached prefix; return all keys and values so far."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache is full: {end} positions needed, {self.max_len} allocated")
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only the given batch rows (finished sequences leave the batch)."""
+        self.k = [t[rows] for t in self.k]
+        self.v = [t[rows] for t in self.v]
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.kv_heads, args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+
+    def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None, layer: int = 0):
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, -1, self.head_dim)  # -1, not n_heads: tensor parallel shards the heads
+        k = self.wk(x).view(B, T, -1, self.head_dim)
+        v = self.wv(x).view(B, T, -1, self.head_dim)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        # mask None means plain causal attention with queries and keys aligned (training, a fresh prefill).
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                             enable_gqa=self.n_kv_heads != self.n_heads)
+        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, layer_id: int, args: ModelArgs):
+        super().__init__()
+        self.layer_id = layer_id
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args.dim, args.hidden_dim)
+        self.attention_norm = RMSNorm(args.dim, eps=args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
+
+    def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None):
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, self.layer_id)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        args.validate()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(i, args) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, eps=args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if not any(p.is_meta for p in self.parameters()):
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02, seed: int | None = None) -> None:
+        """Fresh weights for pre-training: N(0, 0.02), with the residual projections (wo, w2) scaled by
+        1/sqrt(2 * n_layers) as in GPT-2 so the residual stream does not grow with depth."""
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=self.output.weight.device).manual_seed(seed)
+        out_std = std / math.sqrt(2 * self.args.n_layers)
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, out_std if name.endswith(("wo.weight", "w2.weight")) else std, generator=gen)
+
+    def forward(self, tokens: torch.Tensor, *, positions=None, mask=None, segment_ids=None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """tokens [B, T] -> logits [B, T, vocab]. See `hidden` for the optional arguments."""
+        return self.output(self.hidden(tokens, positions=positions, mask=mask, segment_ids=segment_ids, cache=cache))
+
+    def hidden(self, tokens: torch.Tensor, *, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+               segment_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """The final normalised hidden states [B, T, dim] (what the output head, or a reward head, reads).
+
+        positions:   [B, T] rotary positions of each token; default: consecutive from the cache length.
+                     Left-padded rows pass positions that count only their real tokens.
+        mask:        [B, S] bool over all keys this call sees (cached ones first, S = cached + T):
+                     False marks padding that nobody may attend to.
+        segment_ids: [B, T] for packed samples: a token attends only within its own segment.
+        cache:       a KVCache to read the prefix from and append this call's keys and values to.
+        """
+        B, T = tokens.shape
+        start = cache.length if cache is not None else 0
+        if positions is None:
+            positions = torch.arange(start, start + T, device=tokens.device).expand(B, T)
+        cos, sin = rotary_cos_sin(positions, self.args.head_dim, self.args.rope_theta)
+        attn_mask = build_attention_mask(T, start, mask, segment_ids, tokens.device)
+        h = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            h = layer(h, cos, sin, attn_mask, cache)
+        if cache is not None:
+            cache.length += T
+        return self.norm(h)
+
+
+def build_attention_mask(T: int, start: int, key_mask=None, segment_ids=None, device=None) -> torch.Tensor | None:
+    """The boolean SDPA mask [B or 1, 1, T, start + T], or None when plain causal attention will do.
+
+    Query i sits at key index start + i and sees keys j <= start + i (SDPA's `is_causal` would align
+    the diagonal to the top-left when there is a cached prefix, which is wrong here). Every query may
+    always see itself, so a padding query never has an all-masked row (which would give NaN).
+    """
+    if key_mask is None and segment_ids is None and (start == 0 or T == 1):
+        return None
+    S = start + T
+    q_idx = torch.arange(start, S, device=device).unsqueeze(1)
+    k_idx = torch.arange(S, device=device).unsqueeze(0)
+    allowed = (k_idx <= q_idx).unsqueeze(0)  # [1, T, S]
+    if key_mask is not None:
+        if key_mask.shape[-1] != S:
+            raise ValueError(f"mask covers {key_mask.shape[-1]} keys but this call sees {S} (cached {start} + new {T})")
+        allowed = allowed & key_mask.bool().unsqueeze(1)
+    if segment_ids is not None:
+        if start != 0:
+            raise ValueError("segment_ids (packed samples) cannot be combined with a KV cache prefix")
+        allowed = allowed & (segment_ids.unsqueeze(2) == segment_ids.unsqueeze(1))
+    allowed = allowed | (k_idx == q_idx).unsqueeze(0)
+    return allowed.unsqueeze(1)
