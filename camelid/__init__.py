@@ -1,0 +1,6 @@
+"""camelid: the LLaMA-1 / Llama-2 training system, end to end, in PyTorch."""
+
+from camelid.model import ModelArgs, Transformer, preset
+from camelid.checkpoint import load_model, save_model
+
+__version__ = "0.1.0"
