@@ -224,7 +224,7 @@ def _hf_args(file: Path, cfg: dict) -> ModelArgs:
         refuse(f"hidden_act is {cfg['hidden_act']!r}; LLaMA's SwiGLU uses silu")
     try:
         hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
-        if cfg.get("head_dim") not in (None, hidden // heads):
+        if hidden % heads == 0 and cfg.get("head_dim") not in (None, hidden // heads):
             refuse(f"head_dim {cfg['head_dim']} differs from hidden_size / num_attention_heads")
         return _model_args(file, dim=hidden, n_layers=cfg["num_hidden_layers"], n_heads=heads,
                            n_kv_heads=cfg.get("num_key_value_heads", heads), vocab_size=vocab,

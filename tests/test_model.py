@@ -1,0 +1,165 @@
+"""The Transformer itself: parity with transformers' Llama, KV-cache decoding, padding, presets."""
+
+import pytest
+import torch
+
+from camelid.checkpoint import to_hf_state_dict
+from camelid.model import PRESETS, KVCache, ModelArgs, Transformer, preset
+
+# GQA, and an FFN size that Meta's rounding rule would never produce.
+SMALL = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, ffn_hidden_dim=100, norm_eps=1e-5,
+             max_seq_len=64, rope_theta=10000.0)
+
+
+def tiny_model(seed=0, **kw) -> Transformer:
+    torch.manual_seed(seed)
+    m = Transformer(ModelArgs(**{**SMALL, **kw}))
+    with torch.no_grad():  # non-trivial norm weights so a misnamed norm would show
+        for name, p in m.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return m.eval()
+
+
+def hf_twin(model: Transformer):
+    transformers = pytest.importorskip("transformers")
+    a = model.args
+    cfg = transformers.LlamaConfig(
+        hidden_size=a.dim, intermediate_size=a.hidden_dim, num_hidden_layers=a.n_layers,
+        num_attention_heads=a.n_heads, num_key_value_heads=a.kv_heads, vocab_size=a.vocab_size,
+        rms_norm_eps=a.norm_eps, rope_theta=a.rope_theta, max_position_embeddings=a.max_seq_len,
+        tie_word_embeddings=False, attn_implementation="eager")
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    missing, unexpected = hf.load_state_dict(to_hf_state_dict(model.state_dict(), a), strict=False)
+    assert not [k for k in missing if "rotary" not in k] and not unexpected
+    return hf
+
+
+def test_logits_match_transformers():
+    model = tiny_model()
+    hf = hf_twin(model)
+    x = torch.randint(0, SMALL["vocab_size"], (3, 17))
+    with torch.no_grad():
+        ours, theirs = model(x), hf(x).logits
+    assert (ours - theirs).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("chunks", [[1] * 12, [5, 1, 3, 3], [4, 8], [12]])
+def test_kv_cache_matches_full_forward(chunks):
+    model = tiny_model()
+    x = torch.randint(0, SMALL["vocab_size"], (2, sum(chunks)))
+    with torch.no_grad():
+        full = model(x)
+        cache = KVCache(model.args, batch_size=2, max_len=32)
+        outs, i = [], 0
+        for n in chunks:  # multi-token chunks after a cached prefix need bottom-right causal alignment
+            outs.append(model(x[:, i:i + n], cache=cache))
+            i += n
+    assert cache.length == x.shape[1]
+    assert (torch.cat(outs, 1) - full).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_rows_equal_each_row_alone(side):
+    model = tiny_model()
+    lengths = [9, 4, 6]
+    T = max(lengths)
+    rows = [torch.randint(3, SMALL["vocab_size"], (n,)) for n in lengths]
+    tokens = torch.zeros(len(rows), T, dtype=torch.long)
+    mask = torch.zeros(len(rows), T, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        sl = slice(T - len(r), T) if side == "left" else slice(0, len(r))
+        tokens[b, sl], mask[b, sl] = r, True
+    positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        batched = model(tokens, positions=positions, mask=mask)
+        assert torch.isfinite(batched).all()  # padding queries never see an all-masked row
+        for b, r in enumerate(rows):
+            alone = model(r[None])[0]
+            assert (batched[b][mask[b]] - alone).abs().max() <= 1e-5
+
+
+def test_left_padded_batch_decodes_with_cache():
+    """Prompts of different lengths prefilled together, then decoded a token at a time."""
+    model = tiny_model()
+    rows = [torch.randint(3, 96, (n,)) for n in (7, 3)]
+    T = 7
+    tokens = torch.zeros(2, T, dtype=torch.long)
+    mask = torch.zeros(2, T + 4, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        tokens[b, T - len(r):] = r
+        mask[b, T - len(r):] = True
+    mask[:, T:] = True
+    nxt = torch.randint(3, 96, (2, 4))
+    with torch.no_grad():
+        cache = KVCache(model.args, 2, 16)
+        pos = (mask[:, :T].long().cumsum(1) - 1).clamp(min=0)
+        model(tokens, positions=pos, mask=mask[:, :T], cache=cache)
+        steps = []
+        for t in range(4):
+            p = pos[:, -1:] + 1 + t
+            steps.append(model(nxt[:, t:t + 1], positions=p, mask=mask[:, :T + t + 1], cache=cache))
+        for b, r in enumerate(rows):
+            alone = model(torch.cat([r, nxt[b]])[None])[0, len(r):]
+            assert (torch.cat(steps, 1)[b] - alone).abs().max() <= 1e-5
+
+
+def test_packed_segments_equal_separate_samples():
+    model = tiny_model()
+    a, b = torch.randint(3, 96, (5,)), torch.randint(3, 96, (7,))
+    tokens = torch.cat([a, b])[None]
+    seg = torch.tensor([[0] * 5 + [1] * 7])
+    pos = torch.cat([torch.arange(5), torch.arange(7)])[None]
+    with torch.no_grad():
+        packed = model(tokens, positions=pos, segment_ids=seg)[0]
+        assert (packed[:5] - model(a[None])[0]).abs().max() <= 1e-5
+        assert (packed[5:] - model(b[None])[0]).abs().max() <= 1e-5
+
+
+EXPECTED_PARAMS = {
+    "llama1-7b": 6_738_415_616, "llama2-7b": 6_738_415_616,
+    "llama1-13b": 13_015_864_320, "llama2-13b": 13_015_864_320,
+    "llama1-33b": 32_528_943_616, "llama1-65b": 65_285_660_672, "llama2-70b": 68_976_648_192,
+}
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_PARAMS))
+def test_preset_parameter_counts_on_meta_device(name):
+    args = preset(name)
+    with torch.device("meta"):
+        model = Transformer(args)
+    assert all(p.is_meta for p in model.parameters())
+    assert sum(p.numel() for p in model.parameters()) == EXPECTED_PARAMS[name] == args.num_params()
+    assert args.norm_eps == (1e-6 if name.startswith("llama1") else 1e-5)
+    assert args.max_seq_len == (2048 if name.startswith("llama1") else 4096)
+
+
+def test_presets_for_laptops_are_small():
+    for name in ("tiny", "mini", "small", "base"):
+        assert 2e6 <= preset(name).num_params() <= 60e6
+
+
+def test_ffn_hidden_rule():
+    assert ModelArgs(dim=4096).hidden_dim == 11008
+    assert ModelArgs(dim=8192, n_heads=64, multiple_of=4096, ffn_dim_multiplier=1.3).hidden_dim == 28672
+    assert ModelArgs(dim=64, n_heads=4, ffn_hidden_dim=100).hidden_dim == 100
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(dim=100, n_heads=3), "not divisible by n_heads"),
+    (dict(dim=64, n_heads=4, n_kv_heads=3), "not divisible by n_kv_heads"),
+    (dict(dim=60, n_heads=4, n_kv_heads=2), "must be even"),
+    (dict(dim=0), "dim must be a positive"),
+    (dict(dim=64, n_heads=4, norm_eps=0.0), "norm_eps"),
+])
+def test_impossible_configs_are_refused(bad, match):
+    with pytest.raises(ValueError, match=match):
+        ModelArgs(**{**dict(vocab_size=10), **bad})
+
+
+def test_unknown_preset_and_unknown_keys():
+    with pytest.raises(ValueError, match="unknown model preset"):
+        preset("llama3-8b")
+    with pytest.raises(ValueError, match="unknown keys"):
+        ModelArgs.from_dict({"dim": 64, "n_heads": 4, "hidden_size": 3})
+    assert set(PRESETS) >= set(EXPECTED_PARAMS)
