@@ -1,0 +1,1 @@
+"""One training loop (loop.py) shared by every stage; each stage adds an objective and its data."""

@@ -1,0 +1,46 @@
+"""AdamW with LLaMA's constants and the cosine schedule with linear warmup."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices (linear layers and the embedding), none on norm gains.
+
+    LLaMA applies decay 0.1; like Meta, nanoGPT and torchtitan we decay every >= 2-D parameter and
+    leave the 1-D RMSNorm weights alone (decaying a gain towards 0 only fights the normalisation).
+    """
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
+    """cfg: a TrainConfig (lr, beta1, beta2, eps, weight_decay)."""
+    kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    # fused AdamW is one kernel per step on GPU; foreach is the fast path elsewhere.
+    on_gpu = any(p.is_cuda for p in model.parameters())
+    kwargs["fused" if on_gpu else "foreach"] = True
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), **kwargs)
+
+
+def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1,
+          schedule: str = "cosine") -> float:
+    """Learning rate for optimizer step `step` (0-based).
+
+    Linear warmup from lr/warmup to lr over `warmup_steps`, then cosine decay to `min_lr_ratio * lr`
+    at `total_steps` (and flat after). `constant` keeps lr after warmup (PPO's schedule).
+    """
+    if warmup_steps and step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return lr
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    min_lr = lr * min_lr_ratio
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
