@@ -2,5 +2,6 @@
 
 from camelid.model import ModelArgs, Transformer, preset
 from camelid.checkpoint import load_model, save_model
+from camelid.tokenizer import Tokenizer
 
 __version__ = "0.1.0"

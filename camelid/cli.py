@@ -15,6 +15,8 @@ from camelid.errors import CamelidError
 # name -> (module, one-line help). Keep in pipeline order: it is the order `--help` lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("camelid.quickstart", "the whole recipe on a laptop CPU: tokenizer, pre-training, ..."),
+    "tokenizer": ("camelid.data.cli_tokenizer", "train (SentencePiece BPE, Meta's settings), inspect or try a tokenizer"),
+    "data": ("camelid.data.cli_data", "prepare token shards from a data mixture; inspect, verify, sample them"),
     "convert": ("camelid.checkpoint", "convert a checkpoint between camelid, Hugging Face and Meta formats"),
 }
 
