@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer": ("camelid.data.cli_tokenizer", "train (SentencePiece BPE, Meta's settings), inspect or try a tokenizer"),
     "data": ("camelid.data.cli_data", "prepare token shards from a data mixture; inspect, verify, sample them"),
     "convert": ("camelid.checkpoint", "convert a checkpoint between camelid, Hugging Face and Meta formats"),
+    "scaling": ("camelid.scaling.cli", "Chinchilla scaling laws: compute-optimal N and D, fit your runs, inference-aware sizing"),
+    "plan": ("camelid.scaling.plan_cli", "plan a pre-training run: memory per GPU, step time, days and GPU-hours"),
 }
 
 

@@ -89,10 +89,12 @@ def _run_params(run: Path, which: str) -> float:
             return float(s[key])
     config = run / "config.toml"
     if config.exists():  # fall back on the resolved config's model section
-        from camelid.model import ModelArgs
+        from camelid.model import ModelArgs, preset
         try:
-            cfg = tomllib.loads(config.read_text())
-            args = ModelArgs.from_dict(cfg.get("model", {}))
+            model = dict(tomllib.loads(config.read_text()).get("model", {}))
+            name = model.pop("preset", None)
+            model.pop("init_from", None)
+            args = preset(name, **model) if name else ModelArgs.from_dict(model)
         except (tomllib.TOMLDecodeError, ValueError, TypeError) as e:
             raise CamelidError(f"{config}: cannot read the model section ({e})")
         return float(args.num_params(include_embedding=(which == "total")))

@@ -1,0 +1,392 @@
+"""`camelid scaling optimal | fit | sweep | serve-aware`: Chinchilla's laws, your own fit, and LLaMA's trade-off."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from camelid.errors import CamelidError
+from camelid.scaling.laws import (CHINCHILLA_TABLE3, LAWS, METHODS, ParametricLaw, compute_optimal,
+                                  fmt_count, parse_count)
+
+# models the docs and plots mark: (label, params, tokens)
+LLAMA_RUNS = [
+    ("LLaMA-1 7B", 6_738_415_616, 1.0e12), ("LLaMA-1 13B", 13_015_864_320, 1.0e12),
+    ("LLaMA-1 33B", 32_528_943_616, 1.4e12), ("LLaMA-1 65B", 65_285_660_672, 1.4e12),
+    ("Llama-2 7B", 6_738_415_616, 2.0e12), ("Llama-2 13B", 13_015_864_320, 2.0e12),
+    ("Llama-2 70B", 68_976_648_192, 2.0e12), ("Chinchilla 70B", 70e9, 1.4e12),
+]
+
+
+def _json(obj) -> None:
+    def default(o):
+        if isinstance(o, Path):
+            return str(o)
+        if hasattr(o, "item"):
+            return o.item()
+        raise TypeError(type(o))
+    print(json.dumps(obj, indent=2, default=default))
+
+
+def load_law(name: str) -> ParametricLaw:
+    """A named law (chinchilla, besiroglu) or a JSON file saved by `scaling fit --save`."""
+    if name in LAWS:
+        return LAWS[name]
+    path = Path(name)
+    if not path.exists():
+        raise CamelidError(f"unknown law {name!r}: use {', '.join(LAWS)} or a JSON file from `scaling fit --save`")
+    try:
+        d = json.loads(path.read_text())
+        p = d.get("law", d)
+        return ParametricLaw(path.stem, E=float(p["E"]), A=float(p["A"]), B=float(p["B"]),
+                             alpha=float(p["alpha"]), beta=float(p["beta"]), label=f"fitted ({path})")
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CamelidError(f"{path}: not a law file (needs E, A, B, alpha, beta): {e}")
+
+
+def _model_params(name: str) -> int:
+    from camelid.model import preset
+    try:
+        return preset(name).num_params()
+    except ValueError as e:
+        raise CamelidError(str(e))
+
+
+# ------------------------------------------------------------------------------------------ arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    p = sub.add_parser("optimal", formatter_class=fmt,
+                       help="compute-optimal parameters and tokens (Chinchilla approaches 1-3 and the 2024 refit)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--flops", help="training compute C = 6ND, e.g. 5.88e23")
+    g.add_argument("--params", help="model size N, e.g. 7B")
+    g.add_argument("--tokens", help="training tokens D, e.g. 1.4T")
+    g.add_argument("--table3", action="store_true", help="reproduce Chinchilla's Table 3 with every method")
+    p.add_argument("--plot", metavar="PNG", help="draw N_opt(C) of every method with Table 3 and the LLaMA models")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("fit", formatter_class=fmt,
+                       help="fit L(N, D) = E + A/N^alpha + B/D^beta to your runs; IsoFLOP plot")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR",
+                   help="run directories (metrics.jsonl + summary.json) or folders of them")
+    p.add_argument("--csv", action="append", default=[], metavar="FILE",
+                   help="extra points from a CSV with columns params, tokens, loss")
+    p.add_argument("--point", choices=["final", "best", "all"], default="final",
+                   help="which validation rows of a run become points")
+    p.add_argument("--count", choices=["total", "non-embedding"], default="total",
+                   help="parameter count: all (Chinchilla) or non-embedding (Kaplan)")
+    p.add_argument("--delta", type=float, default=1e-3, help="Huber delta on log-loss residuals")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="K", help="bootstrap resamples for intervals")
+    p.add_argument("--budgets", help="comma-separated FLOP budgets for the frontier (default: decades over the runs)")
+    p.add_argument("--plot", metavar="PNG", help="IsoFLOP figure (default: isoflops.png beside the runs)")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--save", metavar="JSON", help="write the fitted law (for `serve-aware --law FILE`)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    from camelid.scaling import sweep
+    p = sub.add_parser("sweep", formatter_class=fmt,
+                       help="train a grid of tiny models with `camelid pretrain` and fit them")
+    sweep.add_arguments(p)
+
+    p = sub.add_parser("serve-aware", formatter_class=fmt,
+                       help="model size minimising training + lifetime inference compute for a target loss")
+    p.add_argument("--loss", type=float, help="target loss (nats/token, on the law's scale)")
+    p.add_argument("--model", help="target the loss of this preset (e.g. llama2-7b) ...")
+    p.add_argument("--params", help="... or of a model with this many parameters ...")
+    p.add_argument("--tokens", help="... trained on this many tokens (e.g. 2T)")
+    p.add_argument("--served", default="0,100B,1T,10T,100T",
+                   help="comma-separated lifetime inference tokens")
+    p.add_argument("--law", default="besiroglu", help="chinchilla, besiroglu, or a JSON file from `scaling fit --save`")
+    p.add_argument("--plot", metavar="PNG", help="draw total compute against N for each served count")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run(args) -> int:
+    if args.action == "optimal":
+        return run_optimal(args)
+    if args.action == "fit":
+        return run_fit(args)
+    if args.action == "sweep":
+        from camelid.scaling import sweep
+        return sweep.run(args)
+    if args.action == "serve-aware":
+        return run_serve_aware(args)
+    raise CamelidError(f"unknown action {args.action!r}")
+
+
+# ------------------------------------------------------------------------------------------ optimal
+
+
+def _optimal_text(res: dict) -> str:
+    (kind, value), = res["given"].items()
+    shown = f"{value:.3g} FLOPs" if kind == "flops" else fmt_count(value)
+    w = max(len(r["label"]) for r in res["rows"])
+    out = [f"compute-optimal allocation for {kind} = {shown}   (C = 6·N·D)",
+           f"  {'method':<{w}} {'params':>8} {'tokens':>8} {'FLOPs':>9} {'tok/N':>6} {'L(pub)':>7} {'L(refit)':>8}"]
+    for r in res["rows"]:
+        out.append(f"  {r['label']:<{w}} {fmt_count(r['params']):>8} {fmt_count(r['tokens']):>8} "
+                   f"{r['flops']:>9.3g} {r['tokens_per_param']:>6.1f} {r['loss_chinchilla']:>7.3f} "
+                   f"{r['loss_besiroglu']:>8.3f}")
+    out.append("  L(pub) / L(refit): loss predicted by the published approach-3 law / by the Besiroglu et al. "
+               "2024 refit (MassiveText nats/token).")
+    out.append("  Approaches 1-2 publish exponents only (anchored here at Chinchilla, 70B on 1.4T); the published "
+               "approach-3 fit is biased (Besiroglu et al. 2024): prefer approaches 1-2 or the refit.")
+    return "\n".join(out)
+
+
+def table3_rows() -> list[dict]:
+    rows = []
+    for n, c, d in CHINCHILLA_TABLE3:
+        res = compute_optimal(flops=c)
+        row = {"paper_params": n, "paper_flops": c, "paper_tokens": d, "methods": {}}
+        for r in res["rows"]:
+            row["methods"][r["method"]] = {"params": r["params"], "tokens": r["tokens"]}
+        rows.append(row)
+    return rows
+
+
+def _table3_text(rows) -> str:
+    out = ["Chinchilla Table 3 (approach 1) against each method, given the table's FLOPs:",
+           f"  {'FLOPs':>9} {'paper N':>8} {'paper D':>8} | {'appr. 1':>15} | {'appr. 2':>15} | "
+           f"{'published fit':>15} | {'refit 2024':>15}"]
+    for r in rows:
+        cells = []
+        for m in ("approach1", "approach2", "chinchilla", "besiroglu"):
+            x = r["methods"][m]
+            cells.append(f"{fmt_count(x['params']):>7} {fmt_count(x['tokens']):>7}")
+        out.append(f"  {r['paper_flops']:>9.3g} {fmt_count(r['paper_params']):>8} {fmt_count(r['paper_tokens']):>8} | "
+                   + " | ".join(cells))
+    return "\n".join(out)
+
+
+def plot_optimal(path: str | Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cs = np.logspace(18, 26.5, 200)
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    styles = {"approach1": ("C0", "-"), "approach2": ("C0", "--"), "chinchilla": ("C3", "-"), "besiroglu": ("C2", "-")}
+    for name, m in METHODS.items():
+        ns = [m.optimal_for_flops(c)[0] for c in cs]
+        color, ls = styles[name]
+        ax.plot(cs, ns, color=color, ls=ls, label=m.label)
+    ax.scatter([c for _, c, _ in CHINCHILLA_TABLE3], [n for n, _, _ in CHINCHILLA_TABLE3], color="k",
+               marker="x", zorder=3, label="Chinchilla Table 3")
+    for label, n, d in LLAMA_RUNS:
+        c = 6 * n * d
+        ax.scatter([c], [n], color="C1" if "Chinchilla" not in label else "C4", zorder=4, s=30)
+        ax.annotate(label, (c, n), textcoords="offset points", xytext=(5, -10 if "2" in label.split()[0] else 4),
+                    fontsize=7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(1e18, 3e26)
+    ax.set_ylim(1e8, 2e12)
+    ax.set_xlabel("training FLOPs C = 6ND")
+    ax.set_ylabel("compute-optimal parameters N_opt")
+    ax.set_title("Compute-optimal model size; LLaMA models (orange) sit below the frontier:\n"
+                 "smaller than compute-optimal, trained on more tokens", fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run_optimal(args) -> int:
+    out: dict = {}
+    if args.table3:
+        out["table3"] = table3_rows()
+    elif args.flops or args.params or args.tokens:
+        out.update(compute_optimal(
+            flops=parse_count(args.flops, "--flops") if args.flops else None,
+            params=parse_count(args.params, "--params") if args.params else None,
+            tokens=parse_count(args.tokens, "--tokens") if args.tokens else None))
+    elif not args.plot:
+        raise CamelidError("give one of --flops, --params, --tokens or --table3 (or --plot)")
+    if args.plot:
+        out["plot"] = str(plot_optimal(args.plot))
+    if args.json:
+        _json(out)
+        return 0
+    if "table3" in out:
+        print(_table3_text(out["table3"]))
+    if "rows" in out:
+        print(_optimal_text(out))
+    if "plot" in out:
+        print(f"wrote {out['plot']}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ fit
+
+
+def _default_plot_path(runs: list[Path], csvs: list[str]) -> Path:
+    if runs:
+        parents = {r.resolve().parent for r in runs}
+        base = parents.pop() if len(parents) == 1 else Path(".")
+    else:
+        base = Path(csvs[0]).resolve().parent
+    return base / "isoflops.png"
+
+
+def run_fit(args) -> int:
+    from camelid.scaling import fit
+
+    if not args.runs and not args.csv:
+        raise CamelidError("give run directories (or --csv FILE) to fit")
+    runs = fit.find_runs(args.runs) if args.runs else []
+    points = []
+    for r in runs:
+        points.extend(fit.read_run(r, point=args.point, params=args.count))
+    for c in args.csv:
+        points.extend(fit.read_points_file(c))
+    result = fit.fit_points(points, delta=args.delta, bootstrap=args.bootstrap)
+    budgets = ([parse_count(x, "budget") for x in args.budgets.split(",")] if args.budgets
+               else fit.default_budgets(points))
+    front = fit.frontier(result.law, budgets)
+    out = {"fit": result.to_dict(), "frontier": front, "runs": [str(r) for r in runs],
+           "points": [{"params": p.params, "tokens": p.tokens, "loss": p.loss, "run": p.run, "step": p.step,
+                       "predicted": float(result.law.loss(p.params, p.tokens))} for p in points],
+           "point": args.point, "count": args.count}
+    if not args.no_plot:
+        path = Path(args.plot) if args.plot else _default_plot_path(runs, args.csv)
+        out["plot"] = str(fit.plot_isoflops(result.law, points, path))
+    if args.save:
+        Path(args.save).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.save).write_text(json.dumps({"law": result.law.params(), "fit": result.to_dict()}, indent=2) + "\n")
+        out["saved"] = args.save
+    if args.json:
+        _json(out)
+        return 0
+    print(f"{len(points)} points from {len(runs)} runs" + (f" and {len(args.csv)} CSV files" if args.csv else "")
+          + f" (--point {args.point}, N = {args.count} parameters)")
+    print(fit.describe_fit(result))
+    print("compute-optimal frontier of the fit (extrapolated beyond the largest run):")
+    print(fit.describe_frontier(front))
+    if "plot" in out:
+        print(f"wrote {out['plot']}")
+    if args.save:
+        print(f"saved the law to {args.save}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ serve-aware
+
+
+def _serve_aware_text(t: dict, law: ParametricLaw, ref_label: str | None) -> str:
+    co = t["compute_optimal"]
+    out = [f"target loss {t['target_loss']:.4f} under {law.label or law.name} ({law.describe()})"]
+    if ref_label:
+        ref = t["reference"]
+        out.append(f"  = the loss of {ref_label}: {fmt_count(ref['params'])} params on {fmt_count(ref['tokens'])} tokens "
+                   f"({ref['tokens_per_param']:.0f} tokens/param)")
+    out.append(f"compute-optimal (Chinchilla) model for that loss: {fmt_count(co['params'])} params on "
+               f"{fmt_count(co['tokens'])} tokens ({co['tokens_per_param']:.0f} tokens/param), "
+               f"{co['train_flops']:.3g} training FLOPs")
+    head = (f"  {'served':>8} {'best N':>8} {'tokens':>8} {'tok/N':>6} {'train':>9} {'inference':>9} "
+            f"{'total':>9} {'saves vs C-opt':>14}")
+    if ref_label:
+        head += f" {'ref. excess':>11}"
+    out.append("minimum of training (6ND) + inference (2N·served) FLOPs:")
+    out.append(head)
+    for r in t["rows"]:
+        line = (f"  {fmt_count(r['served']):>8} {fmt_count(r['params']):>8} {fmt_count(r['tokens']):>8} "
+                f"{r['tokens_per_param']:>6.0f} {r['train_flops']:>9.3g} {r['inference_flops']:>9.3g} "
+                f"{r['total_flops']:>9.3g} {100 * max(0.0, r['saving_vs_compute_optimal']):>13.1f}%")
+        if ref_label:
+            line += f" {100 * max(0.0, r['reference_excess']):>10.1f}%"
+        out.append(line)
+    if ref_label:
+        s = t["reference"]["breakeven_served"]
+        if s > 0:
+            out.append(f"{ref_label} is the cheapest model for its loss when it serves {fmt_count(s)} tokens "
+                       f"over its life; 'ref. excess' is its extra total compute against each row's optimum.")
+        else:
+            out.append(f"{ref_label} is larger than compute-optimal for its loss under this law: no serving "
+                       f"demand makes it the cheapest choice.")
+    return "\n".join(out)
+
+
+def plot_serve_aware(law: ParametricLaw, t: dict, path: str | Path, ref_label: str | None) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from camelid.scaling.inference import total_flops
+
+    target = t["target_loss"]
+    n_floor = (law.A / (target - law.E)) ** (1 / law.alpha)
+    co = t["compute_optimal"]["params"]
+    ns = np.logspace(math.log10(n_floor * 1.02), math.log10(co * 4), 400)
+    fig, ax = plt.subplots(figsize=(8, 5.2))
+    for i, r in enumerate(t["rows"]):
+        tot = [total_flops(law, n, target, r["served"]) for n in ns]
+        color = plt.get_cmap("plasma")(i / max(1, len(t["rows"]) - 1) * 0.85)
+        ax.plot(ns, tot, color=color, label=f"served {fmt_count(r['served'])}")
+        ax.plot([r["params"]], [r["total_flops"]], marker="*", ms=12, color=color, mec="k", mew=0.5)
+    if ref_label:
+        ref = t["reference"]
+        ax.axvline(ref["params"], color="grey", ls=":", lw=1)
+        ax.text(ref["params"], min(r["train_flops"] for r in t["rows"]), f" {ref_label}", rotation=90,
+                va="bottom", fontsize=8, color="grey")
+    ax.axvline(co, color="k", ls="--", lw=0.8)
+    ax.text(co, min(r["train_flops"] for r in t["rows"]), " compute-optimal", rotation=90, va="bottom", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("parameters N (each trained to the target loss)")
+    ax.set_ylabel("training + inference FLOPs")
+    ax.set_title(f"Cheapest model for loss {target:.3f} ({law.name} law): stars are the optima", fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run_serve_aware(args) -> int:
+    from camelid.scaling.inference import inference_table
+
+    law = load_law(args.law)
+    reference, ref_label = None, None
+    if args.loss is not None:
+        if args.model or args.params or args.tokens:
+            raise CamelidError("give --loss, or a model (--model or --params) with --tokens, not both")
+        target = args.loss
+    else:
+        if not args.tokens or not (args.model or args.params) or (args.model and args.params):
+            raise CamelidError("give --loss L, or --model PRESET (or --params N) with --tokens D")
+        n = _model_params(args.model) if args.model else parse_count(args.params, "--params")
+        d = parse_count(args.tokens, "--tokens")
+        if n <= 0 or d <= 0:
+            raise CamelidError("--params and --tokens must be positive")
+        reference = (float(n), d)
+        ref_label = f"{args.model} on {fmt_count(d)} tokens" if args.model else f"{fmt_count(n)} on {fmt_count(d)} tokens"
+        target = float(law.loss(n, d))
+    served = [parse_count(x, "--served") for x in args.served.split(",") if x.strip()]
+    if not served:
+        raise CamelidError("--served needs at least one value")
+    t = inference_table(law, target, served, reference)
+    if args.plot:
+        t["plot"] = str(plot_serve_aware(law, t, args.plot, ref_label))
+    if args.json:
+        _json(t)
+        return 0
+    print(_serve_aware_text(t, law, ref_label))
+    if args.plot:
+        print(f"wrote {t['plot']}")
+    return 0
