@@ -184,8 +184,8 @@ class Tokenizer:
               **overrides) -> "Tokenizer":
         """Train a LLaMA-style tokenizer and write `out_dir/tokenizer.model` (and `tokenizer.vocab`).
 
-        `inputs_or_text_iterator` is either a list of plain-text files/folders, or an iterable of
-        documents (str). SentencePiece reads one "sentence" per line: documents are split at
+        `inputs_or_text_iterator` is either a list of plain-text files/folders (`pathlib.Path`s, or
+        strings naming existing files), or an iterable of documents (str). SentencePiece reads one "sentence" per line: documents are split at
         newlines and blank lines dropped; lines longer than `max_sentence_length` (4,192 bytes, as
         Meta) are skipped by SentencePiece. `overrides` replace any entry of `META_TRAINER_SPEC`
         (for example `input_sentence_size=300_000` to sample lines from a large corpus quickly).
@@ -211,7 +211,8 @@ class Tokenizer:
         if isinstance(inputs_or_text_iterator, (list, tuple)) and all(
                 isinstance(x, os.PathLike) or (isinstance(x, str) and os.path.exists(x))
                 for x in inputs_or_text_iterator) and inputs_or_text_iterator:
-            lines: Iterable[str] = _lines_of_files(inputs_or_text_iterator)
+            files = list(_iter_files(inputs_or_text_iterator))  # fail early on a missing input
+            lines: Iterable[str] = _lines_of_files(files)
             lines = _sentences(lines)
         else:
             lines = _sentences(inputs_or_text_iterator)

@@ -6,6 +6,7 @@ import argparse
 import itertools
 import json
 import time
+from pathlib import Path
 
 from camelid.errors import CamelidError
 
@@ -86,7 +87,7 @@ def run(args) -> int:
         docs, what = _documents(args)
         print(f"training a {args.vocab_size:,}-piece BPE tokenizer on {what} ...", flush=True)
         t0 = time.time()
-        tok = Tokenizer.train(docs if docs is not None else args.input, args.out, vocab_size=args.vocab_size,
+        tok = Tokenizer.train(docs if docs is not None else [Path(p) for p in args.input], args.out, vocab_size=args.vocab_size,
                               **overrides)
         sample = "In the beginning was the Word, in 2023: def f(x): return x ** 2"
         print(f"wrote {tok.model_path} ({tok.vocab_size:,} pieces) in {time.time() - t0:.1f}s")
