@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("camelid.quickstart", "the whole recipe on a laptop CPU: tokenizer, pre-training, ..."),
     "tokenizer": ("camelid.data.cli_tokenizer", "train (SentencePiece BPE, Meta's settings), inspect or try a tokenizer"),
     "data": ("camelid.data.cli_data", "prepare token shards from a data mixture; inspect, verify, sample them"),
+    "pretrain": ("camelid.train.pretrain", "pre-train a LLaMA model (single process or torchrun) from a TOML recipe"),
+    "plot": ("camelid.plot", "plot loss curves of one or more runs against tokens"),
     "convert": ("camelid.checkpoint", "convert a checkpoint between camelid, Hugging Face and Meta formats"),
     "scaling": ("camelid.scaling.cli", "Chinchilla scaling laws: compute-optimal N and D, fit your runs, inference-aware sizing"),
     "plan": ("camelid.scaling.plan_cli", "plan a pre-training run: memory per GPU, step time, days and GPU-hours"),

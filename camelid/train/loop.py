@@ -206,6 +206,10 @@ class Trainer:
         if self.is_main and cfg.log.progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, unit="step", dynamic_ncols=True)
+        if self.evaluate is not None and self.step == 0:  # the starting point of the validation curve
+            val = self.validate()
+            log.write(val)
+            rows.append(val)
         self.model.train()
         t0, tok0 = time.perf_counter(), self.tokens
         try:

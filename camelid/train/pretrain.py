@@ -1,0 +1,212 @@
+"""Pre-training: next-token prediction on a weighted mixture of prepared sources (LLaMA-1 §2).
+
+`camelid pretrain --config configs/quickstart.toml --out runs/x` or a recipe name such as
+`--config llama2-7b`. The run directory gets config.toml, metrics.jsonl, checkpoints/, model/ (the
+final weights in camelid format, with the tokenizer) and summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from camelid.checkpoint import TOKENIZER_FILE, load_model, save_model
+from camelid.config import (Config, ConfigError, accumulation_steps, load_config, model_args_from,
+                            resolve_config_path)
+from camelid.errors import CamelidError
+from camelid.fsutil import atomic_write_json, atomic_write_text
+from camelid.model import Transformer
+from camelid.train import checkpointing as ckpt
+from camelid.train.loop import DistInfo, Trainer, resolve_device
+from camelid.train.objectives import LanguageModeling
+
+
+class WindowData:
+    """The mixture sampler as a loop Dataset: sample g is window g of the mixture stream."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def fetch(self, indices):
+        return {"tokens": self.sampler.windows(indices)}
+
+    def state_dict(self) -> dict:
+        s = dict(self.sampler.state_dict())
+        s.pop("consumed", None)  # the step says how far we are
+        return s
+
+
+def tokenizer_path(cfg: Config, manifest: dict) -> Path:
+    p = Path(cfg.data.tokenizer or manifest.get("tokenizer", {}).get("path", ""))
+    if not p.is_file():
+        raise ConfigError(f"data.tokenizer: {p} not found; set data.tokenizer to the tokenizer.model the data was "
+                          f"prepared with")
+    return p
+
+
+def lm_evaluator(sampler, micro_batch: int, n_batches: int):
+    """Validation loss and perplexity per source, on fixed held-out windows."""
+    per_source = {s: sampler.val_windows(s, n=micro_batch * n_batches) for s in sampler.sources
+                  if sampler.weights.get(s, 0) > 0}
+    objective = LanguageModeling()
+
+    def evaluate(model) -> dict:
+        device = next(model.parameters()).device
+        losses = {}
+        for source, windows in per_source.items():
+            total, count = 0.0, 0
+            for chunk in windows.split(micro_batch):
+                batch = {"tokens": chunk.to(device)}
+                loss, _ = objective(model, batch)
+                total += loss.item()
+                count += objective.count_targets(batch)
+            losses[source] = total / max(count, 1)
+        # The mixture's loss: sources weighted as they are sampled.
+        mean = sum(sampler.weights[s] * v for s, v in losses.items()) / sum(sampler.weights[s] for s in losses)
+        return {"loss": mean, "ppl": math.exp(min(mean, 50)), "sources": losses}
+
+    return evaluate
+
+
+def build_model(cfg: Config, vocab_size: int, device) -> Transformer:
+    if cfg.model.init_from:
+        model = load_model(cfg.model.init_from, device=device, dtype=torch.float32)
+        if model.args.vocab_size != vocab_size:
+            raise ConfigError(f"model.init_from: {cfg.model.init_from} has vocabulary {model.args.vocab_size}, "
+                              f"the data's tokenizer has {vocab_size}")
+        return model
+    args = model_args_from(cfg.model, vocab_size=vocab_size)
+    if args.vocab_size != vocab_size:
+        raise ConfigError(f"model.vocab_size: {args.vocab_size} differs from the tokenizer's {vocab_size}")
+    torch.manual_seed(cfg.train.seed)
+    with torch.device(device):
+        return Transformer(args)
+
+
+def total_steps(cfg: Config) -> int:
+    t = cfg.train
+    if t.max_steps:
+        return t.max_steps
+    if t.max_tokens:
+        return math.ceil(t.max_tokens / t.batch_tokens)
+    raise ConfigError("train.max_steps / train.max_tokens: set one of them (e.g. --max-steps 100)")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    if not resume and ckpt.latest_checkpoint(run_dir) is not None:
+        raise CamelidError(f"{run_dir} already holds checkpoints of a run: pass --resume to continue it, "
+                           f"or choose a new --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False, dist_info: DistInfo | None = None,
+             parallelize=None) -> dict:
+    """Run (or resume) pre-training; return the summary written to RUN_DIR/summary.json.
+
+    `parallelize(model) -> (model, DistInfo)` is how distributed runs wrap the model (camelid.parallel).
+    """
+    from camelid.data import MixtureSampler, read_manifest
+    from camelid.parallel import apply_ac, apply_compile
+
+    run_dir = Path(run_dir)
+    prepare_run_dir(run_dir, resume)
+    if not cfg.data.dir:
+        raise ConfigError("data.dir: no prepared data; run `camelid data prepare --tokenizer TOK --out DIR` and "
+                          "pass --set data.dir=DIR (or run `camelid quickstart`, which does it all)")
+    manifest = read_manifest(cfg.data.dir)
+    tok_path = tokenizer_path(cfg, manifest)
+    vocab = manifest["tokenizer"]["vocab_size"]
+    device = resolve_device(cfg.train.device)
+    t = cfg.train
+    sampler = MixtureSampler(cfg.data.dir, cfg.data.seq_len, seed=cfg.data.seed, weights=cfg.data.weights or None)
+
+    model = build_model(cfg, vocab, device)
+    args = model.args
+    if args.max_seq_len < cfg.data.seq_len:
+        raise ConfigError(f"data.seq_len: {cfg.data.seq_len} exceeds the model's context (model.max_seq_len "
+                          f"{args.max_seq_len})")
+    dist_info = dist_info or DistInfo.current()
+    if parallelize is not None:
+        model, dist_info = parallelize(model)
+    else:
+        apply_ac(model, t.activation_checkpointing)
+        if t.compile:
+            apply_compile(model)
+    accum = accumulation_steps(t.batch_tokens, t.micro_batch, cfg.data.seq_len, dist_info.dp_world)
+    steps = total_steps(cfg)
+    if dist_info.rank == 0:
+        atomic_write_text(run_dir / "config.toml", cfg.to_toml())
+    trainer = Trainer(model=model, objective=LanguageModeling(), data=WindowData(sampler), cfg=cfg, run_dir=run_dir,
+                      total_steps=steps, seq_len=cfg.data.seq_len, accum=accum, dist_info=dist_info,
+                      evaluate=lm_evaluator(sampler, t.micro_batch, cfg.log.val_batches), stage="pretrain",
+                      model_args=args)
+    resumed = trainer.resume() if resume else False
+    if dist_info.rank == 0:
+        n = args.num_params()
+        print(f"pretrain: {n / 1e6:.2f}M parameters, {steps} steps of {t.batch_tokens:,} tokens "
+              f"({t.micro_batch} x {cfg.data.seq_len} x {accum} accumulation x {dist_info.dp_world} ranks), "
+              f"{t.dtype} on {device}" + (f"; resumed at step {trainer.step}" if resumed else ""))
+    start = time.perf_counter()
+    rows = trainer.fit()
+    seconds = time.perf_counter() - start
+    val = [r for r in rows if r.get("split") == "val"]
+    summary = {
+        "n_params": args.num_params(), "n_params_non_embedding": args.num_params(include_embedding=False),
+        "steps": trainer.step, "tokens": trainer.tokens, "seconds": seconds,
+        "final_train_loss": next((r["loss"] for r in reversed(rows) if "split" not in r), None),
+        "final_val_loss": val[-1]["loss"] if val else None, "final_val_ppl": val[-1]["ppl"] if val else None,
+        "epochs": sampler.epochs(trainer.step * trainer.samples_per_step),
+        "model_args": args.to_dict(),
+    }
+    if dist_info.rank == 0:
+        save_model(_unwrapped(model), run_dir / "model", tokenizer_path=tok_path)
+        atomic_write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _unwrapped(model):
+    return getattr(model, "_orig_mod", model)
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+def add_arguments(p) -> None:
+    p.description = ("Pre-train a LLaMA model on prepared token shards. Settings come from a TOML recipe "
+                     "(--config: a file or a shipped name such as quickstart, llama1-7b, llama2-70b), then --set.")
+    p.add_argument("--config", default=None, help="recipe file or shipped recipe name (default: quickstart)")
+    p.add_argument("--out", default="runs/pretrain", help="run directory")
+    p.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
+    p.add_argument("--ckpt-every", type=int, default=None, help="override checkpoint.every")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any setting, e.g. --set train.lr=1e-3 --set model.preset=mini")
+
+
+def config_from_args(args) -> Config:
+    overrides = list(args.overrides)
+    if args.max_steps is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    if args.ckpt_every is not None:
+        overrides.append(f"checkpoint.every={args.ckpt_every}")
+    path = args.config
+    saved = Path(args.out) / "config.toml"
+    if path is None and args.resume and saved.exists():
+        path = saved  # resuming: the run's own resolved config, plus any --set
+    elif path is None:
+        path = "quickstart"
+    return load_config(resolve_config_path(path), overrides)
+
+
+def run(args) -> int:
+    from camelid.parallel.launch import maybe_distributed
+
+    cfg = config_from_args(args)
+    with maybe_distributed(cfg) as parallelize:
+        summary = pretrain(cfg, args.out, resume=args.resume, parallelize=parallelize)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("model_args", "epochs")}, indent=2))
+    print(f"weights: {Path(args.out) / 'model'}  (plot: camelid plot {args.out})")
+    return 0
