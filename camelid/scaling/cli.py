@@ -183,8 +183,9 @@ def plot_optimal(path: str | Path) -> Path:
     for label, n, d in LLAMA_RUNS:
         c = 6 * n * d
         ax.scatter([c], [n], color="C1" if "Chinchilla" not in label else "C4", zorder=4, s=30)
-        ax.annotate(label, (c, n), textcoords="offset points", xytext=(5, -10 if "2" in label.split()[0] else 4),
-                    fontsize=7)
+        offset = {"LLaMA-1 65B": (-62, 2), "Chinchilla 70B": (-70, 10), "Llama-2 70B": (6, -6)}.get(
+            label, (5, -10 if label.startswith("Llama-2") else 4))
+        ax.annotate(label, (c, n), textcoords="offset points", xytext=offset, fontsize=7)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(1e18, 3e26)
@@ -336,13 +337,15 @@ def plot_serve_aware(law: ParametricLaw, t: dict, path: str | Path, ref_label: s
         color = plt.get_cmap("plasma")(i / max(1, len(t["rows"]) - 1) * 0.85)
         ax.plot(ns, tot, color=color, label=f"served {fmt_count(r['served'])}")
         ax.plot([r["params"]], [r["total_flops"]], marker="*", ms=12, color=color, mec="k", mew=0.5)
+    lo = min(r["total_flops"] for r in t["rows"]) * 0.5
+    hi = max(r["total_flops"] for r in t["rows"]) * 8
+    ax.set_ylim(lo, hi)
     if ref_label:
         ref = t["reference"]
         ax.axvline(ref["params"], color="grey", ls=":", lw=1)
-        ax.text(ref["params"], min(r["train_flops"] for r in t["rows"]), f" {ref_label}", rotation=90,
-                va="bottom", fontsize=8, color="grey")
+        ax.text(ref["params"], hi / 1.5, f" {ref_label}", rotation=90, va="top", fontsize=8, color="dimgrey")
     ax.axvline(co, color="k", ls="--", lw=0.8)
-    ax.text(co, min(r["train_flops"] for r in t["rows"]), " compute-optimal", rotation=90, va="bottom", fontsize=8)
+    ax.text(co, hi / 1.5, " compute-optimal (served 0)", rotation=90, va="top", fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("parameters N (each trained to the target loss)")

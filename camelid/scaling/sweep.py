@@ -10,7 +10,12 @@ Each run is one subprocess
 
     python -m camelid pretrain --config CONFIG --out OUT/RUN \\
         --set model.dim=.. --set model.n_layers=.. --set model.n_heads=.. --set model.n_kv_heads=.. \\
-        --set model.ffn_hidden_dim=.. --set train.max_tokens=D [--set EXTRA ...]
+        --set model.ffn_hidden_dim=.. --set train.max_tokens=D --set train.max_steps=0 \\
+        --set train.batch_tokens=B --set train.warmup_steps=min(20, steps/10) \\
+        --set log.val_every=0 --set checkpoint.every=0 --set data.dir=DATA [--set EXTRA ...]
+
+(the warmup is shortened so that the shortest runs still spend 90% of their steps past it; one
+validation at the end of each run is all the fit needs).
 
 which must leave in OUT/RUN a `metrics.jsonl` whose last validation row (split "val") is at the end of
 training, and a `summary.json` with `n_params` (or a resolved `config.toml`). A run that already has
@@ -71,11 +76,18 @@ def plan_grid(*, budgets=None, tokens=None, sizes=LADDER, vocab_size=4096, min_t
     return runs
 
 
-def command(run: dict, *, config: str, out: Path, extra: list[str]) -> list[str]:
+def command(run: dict, *, config: str, out: Path, extra: list[str], batch_tokens: int = 8192,
+            data: str | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "camelid", "pretrain", "--config", config, "--out", str(out / run["name"])]
     for k, v in run["shape"].items():
         cmd += ["--set", f"model.{k}={v}"]
-    cmd += ["--set", f"train.max_tokens={run['tokens']}"]
+    steps = max(1, -(-run["tokens"] // batch_tokens))
+    cmd += ["--set", f"train.max_tokens={run['tokens']}", "--set", "train.max_steps=0",
+            "--set", f"train.batch_tokens={batch_tokens}",
+            "--set", f"train.warmup_steps={min(20, max(1, steps // 10))}",
+            "--set", "log.val_every=0", "--set", "checkpoint.every=0", "--set", "log.progress=false"]
+    if data:
+        cmd += ["--set", f"data.dir={data}"]
     for e in extra:
         cmd += ["--set", e]
     return cmd
@@ -98,6 +110,8 @@ def _finished(run_dir: Path, tokens: int) -> bool:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder for the runs (one subfolder per run)")
     p.add_argument("--config", default="configs/quickstart.toml", help="pre-training recipe each run starts from")
+    p.add_argument("--data", help="prepared data directory (data.dir); e.g. the one `camelid quickstart` made")
+    p.add_argument("--batch-tokens", type=int, default=8192, help="train.batch_tokens of every run")
     p.add_argument("--budgets", default="1e13,3e13,1e14", help="IsoFLOP budgets (FLOPs, comma-separated)")
     p.add_argument("--tokens", help="instead of budgets: token counts, every size on every count (e.g. 2M,8M)")
     p.add_argument("--sizes", help="model shapes DIMxLAYERS, comma-separated (default: a ladder from 64x2 to 384x6)")
@@ -126,7 +140,8 @@ def run(args) -> int:
         tokens=[parse_count(t, "--tokens") for t in args.tokens.split(",")] if args.tokens else None,
         sizes=sizes, vocab_size=args.vocab_size,
         min_tokens=parse_count(args.min_tokens, "--min-tokens"), max_tokens=parse_count(args.max_tokens, "--max-tokens"))
-    cmds = [(r, command(r, config=args.config, out=out, extra=args.extra)) for r in grid]
+    cmds = [(r, command(r, config=args.config, out=out, extra=args.extra, batch_tokens=args.batch_tokens,
+                        data=args.data)) for r in grid]
     if args.dry_run:
         if args.json:
             print(json.dumps([{"run": r, "command": c} for r, c in cmds], indent=2))
