@@ -3,5 +3,6 @@
 from camelid.model import ModelArgs, Transformer, preset
 from camelid.checkpoint import load_model, save_model
 from camelid.tokenizer import Tokenizer
+from camelid.infer.engine import generate
 
 __version__ = "0.1.0"

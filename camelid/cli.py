@@ -20,6 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("camelid.train.pretrain", "pre-train a LLaMA model (single process or torchrun) from a TOML recipe"),
     "plot": ("camelid.plot", "plot loss curves of one or more runs against tokens"),
     "convert": ("camelid.checkpoint", "convert a checkpoint between camelid, Hugging Face and Meta formats"),
+    "generate": ("camelid.infer.generate_cmd", "generate text from a prompt (streaming; greedy or sampled)"),
+    "chat": ("camelid.infer.chat", "chat with a model in the terminal (Llama-2 chat format, streaming)"),
+    "serve": ("camelid.infer.server", "OpenAI-compatible HTTP server with continuous batching and a web chat page"),
     "scaling": ("camelid.scaling.cli", "Chinchilla scaling laws: compute-optimal N and D, fit your runs, inference-aware sizing"),
     "plan": ("camelid.scaling.plan_cli", "plan a pre-training run: memory per GPU, step time, days and GPU-hours"),
 }

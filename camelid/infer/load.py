@@ -1,0 +1,57 @@
+"""Loading a model and its tokenizer for the `generate`, `chat` and `serve` commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from camelid.errors import CamelidError
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def add_model_arguments(p) -> None:
+    p.add_argument("--model", required=True, help="checkpoint directory (camelid, Hugging Face or Meta format)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer.model (default: the one in the checkpoint directory)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+                   help="inference precision (default: as stored; bf16 halves the bytes read per token)")
+    p.add_argument("--max-seq-len", type=int, default=None,
+                   help="context length in tokens (default: the model's max_seq_len)")
+
+
+def add_sampling_arguments(p, temperature: float, top_p: float, max_new_tokens: int) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens to generate at most")
+    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=top_p, help="nucleus sampling threshold (1 = off)")
+    p.add_argument("--top-k", type=int, default=0, help="keep only the k most likely tokens (0 = off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+
+
+def load_model_and_tokenizer(model_path, tokenizer_path=None, device="cpu", dtype=None):
+    """(model, tokenizer); the tokenizer defaults to tokenizer.model beside the weights."""
+    from camelid.checkpoint import load_model
+    from camelid.tokenizer import Tokenizer
+
+    path = Path(model_path)
+    if not path.exists():
+        raise CamelidError(f"{path}: no such checkpoint directory")
+    tok_path = Path(tokenizer_path) if tokenizer_path else path / "tokenizer.model"
+    if not tok_path.exists():
+        raise CamelidError(f"{tok_path}: no tokenizer found; pass --tokenizer PATH/tokenizer.model")
+    if isinstance(dtype, str):
+        dtype = DTYPES[dtype]
+    try:
+        model = load_model(path, device=device, dtype=dtype)
+    except CamelidError:
+        raise
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CamelidError(f"{path}: cannot load the model ({e})") from None
+    tokenizer = Tokenizer(tok_path)
+    if tokenizer.vocab_size > model.args.vocab_size:
+        raise CamelidError(f"tokenizer {tok_path} has {tokenizer.vocab_size} tokens but the model only "
+                           f"{model.args.vocab_size}: they do not belong together")
+    return model, tokenizer
