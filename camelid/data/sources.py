@@ -33,7 +33,7 @@ from camelid.errors import CamelidError
 
 SOURCE_TYPES = ("text", "jsonl", "parquet", "embedded")
 SPLITS = ("file", "paragraph", "line")
-JSONL_RANGE_BYTES = 64 << 20  # large uncompressed JSONL files are read in line-aligned ranges of this size
+JSONL_RANGE_BYTES = 16 << 20  # large uncompressed JSONL files are read in line-aligned ranges of this size
 
 
 @dataclasses.dataclass
