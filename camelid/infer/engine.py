@@ -393,7 +393,7 @@ class Engine:
         dups = [(u, r) for u, g in enumerate(groups.values()) for r in g[1:]]
         reqs = [g[0] for g in groups.values()] + [r for _, r in dups]
         P = max(len(p) for p in prompts)
-        self.kv.ensure(row0 + len(reqs), max(P + 1, max(len(r.prompt) + r.max_new_tokens for r in reqs)))
+        self.kv.ensure(row0 + len(reqs), min(self.max_seq_len, max(P + 1, max(len(r.prompt) + r.max_new_tokens for r in reqs))))
         dev = self.weights.device
         toks = torch.zeros(len(prompts), P, dtype=torch.long)
         for j, p in enumerate(prompts):
