@@ -1,7 +1,6 @@
 """Pre-training end to end on the embedded corpus: the quickstart smoke run, exact resume after SIGKILL, CLI errors."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,23 +10,7 @@ from pathlib import Path
 import pytest
 
 from camelid.quickstart import SMOKE
-
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def camelid(*args, check=True, **kw):
-    return subprocess.run([sys.executable, "-m", "camelid", *map(str, args)], env=ENV, capture_output=True,
-                          text=True, check=False, **kw)
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """`camelid quickstart --smoke`: the main job at toy size (tokenizer, data, pre-training, plot, sample)."""
-    out = tmp_path_factory.mktemp("quickstart")
-    r = camelid("quickstart", "--smoke", "--out", out)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out, r.stdout
+from tests.conftest import ENV, camelid
 
 
 def test_quickstart_smoke_learns(smoke_run):

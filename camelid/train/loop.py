@@ -83,6 +83,7 @@ class Trainer:
     optimizer: torch.optim.Optimizer | None = None
     model_args: object = None  # the ModelArgs (for MFU) when `model` is wrapped
     accum: int = 1  # micro-batches per rank per optimizer step
+    extra_state: dict = field(default_factory=dict)  # saved in trainer_state.json (e.g. model_args for export)
 
     def __post_init__(self):
         t = self.cfg.train
@@ -111,7 +112,7 @@ class Trainer:
     def trainer_state(self) -> dict:
         return {"stage": self.stage, "step": self.step, "tokens": self.tokens, "bad_steps": self.bad_steps,
                 "total_steps": self.total_steps, "samples_per_step": self.samples_per_step,
-                "data": self.data.state_dict()}
+                "data": self.data.state_dict(), **self.extra_state}
 
     def resume(self, path: Path | None = None) -> bool:
         """Continue from `path` or the newest complete checkpoint of the run; False if there is none."""

@@ -14,15 +14,19 @@ from pathlib import Path
 
 import torch
 
-from camelid.checkpoint import TOKENIZER_FILE, load_model, save_model
+from camelid.checkpoint import load_model, save_state_dict
 from camelid.config import (Config, ConfigError, accumulation_steps, load_config, model_args_from,
                             resolve_config_path)
 from camelid.errors import CamelidError
 from camelid.fsutil import atomic_write_json, atomic_write_text
 from camelid.model import Transformer
+from camelid.parallel.distributed import full_state_dict
 from camelid.train import checkpointing as ckpt
 from camelid.train.loop import DistInfo, Trainer, resolve_device
 from camelid.train.objectives import LanguageModeling
+
+
+META_INIT_BYTES = 8 * 2**30  # fp32 weights above this are never materialised whole on one rank
 
 
 class WindowData:
@@ -124,14 +128,20 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False, dist_info: 
     t = cfg.train
     sampler = MixtureSampler(cfg.data.dir, cfg.data.seq_len, seed=cfg.data.seed, weights=cfg.data.weights or None)
 
-    model = build_model(cfg, vocab, device)
+    dist_info = dist_info or DistInfo.current()
+    # A model too big for one device is built on the meta device and materialised shard by shard.
+    on_meta = parallelize is not None and not cfg.model.init_from and \
+        model_args_from(cfg.model, vocab_size=vocab).num_params() * 4 > META_INIT_BYTES
+    model = build_model(cfg, vocab, "meta" if on_meta else device)
     args = model.args
     if args.max_seq_len < cfg.data.seq_len:
         raise ConfigError(f"data.seq_len: {cfg.data.seq_len} exceeds the model's context (model.max_seq_len "
                           f"{args.max_seq_len})")
-    dist_info = dist_info or DistInfo.current()
     if parallelize is not None:
         model, dist_info = parallelize(model)
+        if on_meta:
+            model.to_empty(device=device)
+            model.init_weights()
     else:
         apply_ac(model, t.activation_checkpointing)
         if t.compile:
@@ -143,7 +153,7 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False, dist_info: 
     trainer = Trainer(model=model, objective=LanguageModeling(), data=WindowData(sampler), cfg=cfg, run_dir=run_dir,
                       total_steps=steps, seq_len=cfg.data.seq_len, accum=accum, dist_info=dist_info,
                       evaluate=lm_evaluator(sampler, t.micro_batch, cfg.log.val_batches), stage="pretrain",
-                      model_args=args)
+                      model_args=args, extra_state={"model_args": args.to_dict(), "tokenizer": str(tok_path)})
     resumed = trainer.resume() if resume else False
     if dist_info.rank == 0:
         n = args.num_params()
@@ -162,14 +172,11 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False, dist_info: 
         "epochs": sampler.epochs(trainer.step * trainer.samples_per_step),
         "model_args": args.to_dict(),
     }
+    weights = full_state_dict(model)  # every rank takes part in gathering the shards
     if dist_info.rank == 0:
-        save_model(_unwrapped(model), run_dir / "model", tokenizer_path=tok_path)
+        save_state_dict(weights, args, run_dir / "model", tokenizer_path=tok_path)
         atomic_write_json(run_dir / "summary.json", summary)
     return summary
-
-
-def _unwrapped(model):
-    return getattr(model, "_orig_mod", model)
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
