@@ -343,3 +343,14 @@ def test_sweep_dry_run(capsys, tmp_path):
         assert any(c.startswith("train.max_tokens=") for c in cmd)
         r = item["run"]
         assert 6 * r["params_estimate"] * r["tokens"] == pytest.approx(r["budget"], rel=1e-3)
+
+
+def test_bootstrap_intervals_cover_the_truth():
+    n, d, loss = _grid_points(TRUE, noise=0.003, seed=2)
+    r = fit.fit_law(n, d, loss, bootstrap=8, seed=0)
+    bs = r.bootstrap
+    assert bs["samples"] == 8
+    for k in ("E", "alpha", "beta", "a"):
+        assert bs[k]["p5"] <= bs[k]["p95"] and bs[k]["std"] >= 0
+    assert bs["alpha"]["p5"] - 0.03 <= TRUE.alpha <= bs["alpha"]["p95"] + 0.03
+    assert "bootstrap" in fit.describe_fit(r)
