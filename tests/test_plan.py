@@ -170,3 +170,12 @@ def test_cli_plan_json_and_text(capsys):
     assert e.value.code == 2
     assert "unknown model preset" in capsys.readouterr().err
     assert GIB == 2 ** 30
+
+
+def test_cli_plan_reads_a_recipe(capsys):
+    from camelid.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["plan", "--model", "configs/llama2-7b.toml", "--tokens", "2T", "--gpus", "256", "--json"])
+    assert e.value.code == 0
+    assert json.loads(capsys.readouterr().out)["n_params"] == preset("llama2-7b").num_params()

@@ -15,8 +15,27 @@ from camelid.scaling.laws import parse_count
 from camelid.scaling.planner import AC_MODES, DEFAULT_BATCH_TOKENS, GPUS, describe_plan, plan_run
 
 
+def load_model_args(name: str):
+    """A preset name, or a recipe TOML (its [model] section; the preset's vocabulary unless it sets one)."""
+    from pathlib import Path
+
+    from camelid.model import preset
+
+    if name.endswith(".toml"):
+        from camelid.config import load_config, model_args_from
+        if not Path(name).is_file():
+            raise CamelidError(f"{name}: no such recipe file")
+        cfg = load_config(name)
+        return model_args_from(cfg.model)
+    try:
+        return preset(name)
+    except ValueError as e:
+        raise CamelidError(str(e))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model preset (llama1-7b ... llama2-70b, tiny, ...)")
+    parser.add_argument("--model", required=True,
+                        help="model preset (llama1-7b ... llama2-70b, tiny, ...) or a recipe .toml")
     parser.add_argument("--tokens", required=True, help="training tokens, e.g. 1.4T")
     parser.add_argument("--gpus", type=int, required=True, help="number of GPUs")
     parser.add_argument("--gpu", default="a100", choices=list(GPUS), help="GPU type")
@@ -36,12 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from camelid.model import preset
-
-    try:
-        model = preset(args.model)
-    except ValueError as e:
-        raise CamelidError(str(e))
+    model = load_model_args(args.model)
     tokens = parse_count(args.tokens, "--tokens")
     batch = parse_count(args.batch_tokens, "--batch-tokens")
     if batch != int(batch) or batch < 1:
