@@ -354,3 +354,20 @@ def test_bootstrap_intervals_cover_the_truth():
         assert bs[k]["p5"] <= bs[k]["p95"] and bs[k]["std"] >= 0
     assert bs["alpha"]["p5"] - 0.03 <= TRUE.alpha <= bs["alpha"]["p95"] + 0.03
     assert "bootstrap" in fit.describe_fit(r)
+
+
+def test_isoflop_minima_recover_the_optimum():
+    """Approach 2 on IsoFLOP runs drawn from a known law finds its compute-optimal N for each budget."""
+    pts = []
+    for c in (1e15, 1e16, 1e17):
+        n_opt, _ = TRUE.optimal_for_flops(c)
+        for f in np.logspace(-0.6, 0.6, 7):
+            n = n_opt * f
+            pts.append(fit.Point(n, c / (6 * n), float(TRUE.loss(n, c / (6 * n)))))
+    res = fit.isoflop_minima(pts)
+    assert len(res["minima"]) == 3
+    for m in res["minima"]:
+        assert m["params"] == pytest.approx(TRUE.optimal_for_flops(m["flops"])[0], rel=0.1)
+        assert m["inside"]
+    assert res["a"] == pytest.approx(TRUE.a, abs=0.03)
+    assert fit.isoflop_minima(pts[:2]) is None

@@ -256,7 +256,8 @@ def run_fit(args) -> int:
     budgets = ([parse_count(x, "budget") for x in args.budgets.split(",")] if args.budgets
                else fit.default_budgets(points))
     front = fit.frontier(result.law, budgets)
-    out = {"fit": result.to_dict(), "frontier": front, "runs": [str(r) for r in runs],
+    iso = fit.isoflop_minima(points)
+    out = {"fit": result.to_dict(), "frontier": front, "isoflop_minima": iso, "runs": [str(r) for r in runs],
            "points": [{"params": p.params, "tokens": p.tokens, "loss": p.loss, "run": p.run, "step": p.step,
                        "predicted": float(result.law.loss(p.params, p.tokens))} for p in points],
            "point": args.point, "count": args.count}
@@ -275,6 +276,7 @@ def run_fit(args) -> int:
     print(fit.describe_fit(result))
     print("compute-optimal frontier of the fit (extrapolated beyond the largest run):")
     print(fit.describe_frontier(front))
+    print(fit.describe_isoflop_minima(iso))
     if "plot" in out:
         print(f"wrote {out['plot']}")
     if args.save:

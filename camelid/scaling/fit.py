@@ -335,6 +335,60 @@ def default_budgets(points: list[Point], extend: float = 100.0) -> list[float]:
     return [10.0 ** k for k in range(lo, hi + 1)]
 
 
+def isoflop_minima(points: list[Point], tolerance: float = 0.15) -> dict | None:
+    """Chinchilla's approach 2 on your runs: group the runs into IsoFLOP budgets (C = 6ND within
+    `tolerance` of each other), fit a parabola of loss against log N in each budget with at least three
+    model sizes, take its minimum as that budget's N_opt, then fit N_opt ∝ C^a across budgets.
+    None when no budget has three sizes."""
+    pts = sorted(points, key=lambda p: p.flops)
+    groups, cur = [], []
+    for p in pts:
+        if cur and math.log(p.flops / cur[0].flops) > math.log1p(tolerance):
+            groups.append(cur)
+            cur = []
+        cur.append(p)
+    if cur:
+        groups.append(cur)
+    minima = []
+    for g in groups:
+        if len({p.params for p in g}) < 3:
+            continue
+        c = float(np.exp(np.mean([math.log(p.flops) for p in g])))
+        x = np.log([p.params for p in g])
+        y = np.array([p.loss for p in g])
+        p2, p1, p0 = np.polyfit(x, y, 2)
+        if p2 <= 0:
+            continue  # no minimum inside: the budget's sizes all sit on one side of the optimum
+        x_opt = -p1 / (2 * p2)
+        n_opt = float(math.exp(x_opt))
+        inside = bool(x.min() <= x_opt <= x.max())
+        minima.append({"flops": c, "params": n_opt, "tokens": c / (FLOPS_PER_PARAM_TOKEN * n_opt),
+                       "loss": float(p0 + p1 * x_opt + p2 * x_opt ** 2), "runs": len(g), "inside": inside})
+    if not minima:
+        return None
+    out = {"minima": minima}
+    if len(minima) >= 2:
+        lc = np.log([m["flops"] for m in minima])
+        a, _ = np.polyfit(lc, np.log([m["params"] for m in minima]), 1)
+        b, _ = np.polyfit(lc, np.log([m["tokens"] for m in minima]), 1)
+        out.update(a=float(a), b=float(b))
+    return out
+
+
+def describe_isoflop_minima(res: dict | None) -> str:
+    if not res:
+        return "approach 2 (IsoFLOP minima): no budget has runs of three or more sizes"
+    lines = ["approach 2 (parabola through each IsoFLOP budget's losses against log N):",
+             f"  {'FLOPs':>10} {'runs':>4} {'N_opt':>9} {'D_opt':>9} {'loss':>7}"]
+    for m in res["minima"]:
+        flag = "" if m["inside"] else "   (extrapolated: outside the sizes run)"
+        lines.append(f"  {m['flops']:>10.3g} {m['runs']:>4} {fmt_count(m['params']):>9} {fmt_count(m['tokens']):>9} "
+                     f"{m['loss']:>7.4f}{flag}")
+    if "a" in res:
+        lines.append(f"  N_opt ∝ C^{res['a']:.3f}, D_opt ∝ C^{res['b']:.3f}")
+    return "\n".join(lines)
+
+
 def plot_isoflops(law: ParametricLaw, points: list[Point], path: str | Path, budgets=None,
                   title: str = "IsoFLOP curves of the fitted law") -> Path:
     """Two panels: loss against N along each budget's IsoFLOP curve (D = C/6N) with the runs and each
