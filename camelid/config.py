@@ -76,6 +76,7 @@ class TrainConfig:
     max_bad_steps: int = 3  # consecutive NaN/Inf losses tolerated (skipped) before the run stops
     tp: int = 1  # tensor-parallel degree (distributed runs)
     dp_shard: int = -1  # FSDP shard degree; -1: all ranks not used by TP
+    loss_parallel: bool = False  # with tp > 1: cross-entropy on vocabulary-sharded logits (no all-gather)
 
 
 @dataclass
@@ -85,6 +86,7 @@ class LogConfig:
     val_batches: int = 4
     tensorboard: bool = False
     progress: bool = True
+    profile_steps: int = 0  # > 0: torch.profiler trace (+ CUDA memory snapshot) of this many steps into RUN_DIR/profile
 
 
 @dataclass

@@ -42,8 +42,9 @@ def assert_same_losses(got, want, rel=1e-5):
 @pytest.mark.parametrize("layout", [
     ["train.dp_shard=2"],                                            # FSDP2
     ["train.tp=2", "train.dp_shard=1"],                              # tensor + sequence parallel
+    ["train.tp=2", "train.dp_shard=1", "train.loss_parallel=true"],  # ... with vocabulary-parallel loss
     ["train.dp_shard=2", "train.activation_checkpointing=\"full\""],  # FSDP with activation checkpointing
-], ids=["fsdp", "tp-sp", "fsdp-ac"])
+], ids=["fsdp", "tp-sp", "tp-loss-parallel", "fsdp-ac"])
 def test_two_ranks_match_single_process(smoke_run, baseline, tmp_path, layout):
     got = run_pretrain(smoke_run[0] / "data", tmp_path / "run", *layout, nproc=2)
     assert_same_losses(got, baseline)
@@ -55,6 +56,20 @@ def test_checkpoint_from_two_ranks_resumes_on_one(smoke_run, baseline, tmp_path)
     assert (run / "checkpoints" / "step_00000003" / ".metadata").exists()
     got = run_pretrain(smoke_run[0] / "data", run, steps=STEPS, resume=True)
     assert_same_losses(got, baseline)
+
+
+def test_sharded_checkpoint_exports_to_hf(smoke_run, tmp_path):
+    from camelid.checkpoint import load_model
+    from camelid.train.export import export_checkpoint
+
+    run = tmp_path / "run"
+    run_pretrain(smoke_run[0] / "data", run, "train.tp=2", "train.dp_shard=1", nproc=2, steps=3)
+    out = export_checkpoint(run, tmp_path / "hf", to="hf")
+    final = load_model(run / "model")  # the weights the run itself saved at its end
+    exported = load_model(out)
+    for name, p in final.state_dict().items():
+        assert torch.equal(exported.state_dict()[name], p), name
+    assert (out / "tokenizer.model").exists()
 
 
 def test_checkpoint_from_one_rank_resumes_with_tensor_parallel(smoke_run, baseline, tmp_path):

@@ -34,7 +34,8 @@ def distributed_session(cfg):
 
         def parallelize(model):
             return parallelize_model(model, mesh, dp_mesh, dims, activation_checkpointing=t.activation_checkpointing,
-                                     compile=t.compile, param_dtype=torch.bfloat16 if t.dtype == "bf16" else None)
+                                     compile=t.compile, param_dtype=torch.bfloat16 if t.dtype == "bf16" else None,
+                                     loss_parallel=t.loss_parallel and dims.tp > 1)
 
         yield parallelize
     finally:
@@ -55,7 +56,7 @@ def parallelize_model(model, mesh, dp_mesh, dims: ParallelDims, activation_check
         shard_mesh = mesh["dp_replicate", "dp_shard"] if dims.dp_replicate > 1 else mesh["dp_shard"]
         apply_fsdp(model, shard_mesh, param_dtype=param_dtype)
     info = DistInfo(rank=dist.get_rank(), world=dist.get_world_size(), dp_rank=dp_mesh.get_local_rank(),
-                    dp_world=dims.dp, grad_average=False, dp_group=dp_mesh.get_group())
+                    dp_world=dims.dp, grad_average=False, dp_group=dp_mesh.get_group(), loss_parallel=loss_parallel)
     return model, info
 
 

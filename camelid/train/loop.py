@@ -27,6 +27,7 @@ from camelid.errors import CamelidError
 from camelid.train import checkpointing as ckpt
 from camelid.train.metrics import MetricsLog, flops_per_token, peak_flops
 from camelid.train.optim import build_optimizer, lr_at
+from camelid.train.profiling import StepProfiler
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -53,6 +54,7 @@ class DistInfo:
     dp_world: int = 1
     grad_average: bool = False  # True when the wrapper averages gradients over dp ranks (FSDP/DDP)
     dp_group: object = None
+    loss_parallel: bool = False  # logits come vocabulary-sharded: loss and backward run under loss_parallel()
 
     @classmethod
     def current(cls) -> "DistInfo":
@@ -141,6 +143,12 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def loss_context(self):
+        if not self.dist_info.loss_parallel:
+            return contextlib.nullcontext()
+        from torch.distributed.tensor.parallel import loss_parallel
+        return loss_parallel()
+
     def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         if self.dist_info.world > 1:
             dist.all_reduce(t, group=self.dist_info.dp_group)
@@ -162,9 +170,11 @@ class Trainer:
         for m, batch in enumerate(batches):
             if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter once per step
                 self.model.set_requires_gradient_sync(m == len(batches) - 1)
-            with self.autocast():
-                loss, metrics = self.objective(self.model, batch)
-            (loss.float() * scale).backward()
+            with self.loss_context():
+                with self.autocast():
+                    loss, metrics = self.objective(self.model, batch)
+                (loss.float() * scale).backward()
+            loss = loss.full_tensor() if hasattr(loss, "full_tensor") else loss
             loss_sum += loss.detach().float()
             for k, v in metrics.items():
                 extra[k] = extra.get(k, 0.0) + float(v) / len(batches)
@@ -212,10 +222,12 @@ class Trainer:
             log.write(val)
             rows.append(val)
         self.model.train()
+        profiler = StepProfiler(self.run_dir / "profile", cfg.log.profile_steps, rank=self.dist_info.rank)
         t0, tok0 = time.perf_counter(), self.tokens
         try:
             while self.step < self.total_steps:
                 row = self.train_step()
+                profiler.step()
                 if row.get("skipped"):
                     msg = f"step {row['step']}: loss {row['loss']} / grad norm {row['grad_norm']} is not finite; skipped"
                     (bar.write if bar else print)(msg) if self.is_main else None
@@ -256,6 +268,7 @@ class Trainer:
                     self.save()
                     t0 = time.perf_counter()
         finally:
+            profiler.close()
             if bar is not None:
                 bar.close()
             log.close()
@@ -264,7 +277,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict:
         self.model.eval()
-        with self.autocast():
+        with self.loss_context(), self.autocast():
             out = self.evaluate(self.model)
         self.model.train()
         return {"step": self.step, "split": "val", "tokens": self.tokens, **out}

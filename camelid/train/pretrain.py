@@ -189,6 +189,8 @@ def add_arguments(p) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
     p.add_argument("--ckpt-every", type=int, default=None, help="override checkpoint.every")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--profile", action="store_true",
+                   help="write a torch.profiler trace (and a CUDA memory snapshot) of 3 steps to RUN_DIR/profile")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any setting, e.g. --set train.lr=1e-3 --set model.preset=mini")
 
@@ -199,6 +201,8 @@ def config_from_args(args) -> Config:
         overrides.append(f"train.max_steps={args.max_steps}")
     if args.ckpt_every is not None:
         overrides.append(f"checkpoint.every={args.ckpt_every}")
+    if getattr(args, "profile", False):
+        overrides.append("log.profile_steps=3")
     path = args.config
     saved = Path(args.out) / "config.toml"
     if path is None and args.resume and saved.exists():

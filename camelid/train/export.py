@@ -1,0 +1,57 @@
+"""`camelid export`: a (sharded) training checkpoint -> one camelid, Hugging Face or Meta checkpoint.
+
+DCP reshards on load, so a checkpoint written by any number of ranks in any FSDP/TP layout is read
+into a plain single-process model here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from camelid.checkpoint import save_model
+from camelid.errors import CamelidError
+from camelid.model import ModelArgs, Transformer
+from camelid.train import checkpointing as ckpt
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    path = Path(path)
+    if (path / "trainer_state.json").exists():
+        return path
+    latest = ckpt.latest_checkpoint(path)
+    if latest is None:
+        raise CamelidError(f"{path}: neither a training checkpoint (step_N with trainer_state.json) nor a run "
+                           f"directory with complete checkpoints")
+    return latest
+
+
+def export_checkpoint(src: str | Path, dst: str | Path, to: str = "camelid", dtype: torch.dtype | None = None) -> Path:
+    step_dir = resolve_checkpoint(src)
+    state = json.loads((step_dir / "trainer_state.json").read_text())
+    if "model_args" not in state:
+        raise CamelidError(f"{step_dir}/trainer_state.json: no model_args (written by an older camelid?)")
+    with torch.device("meta"):
+        model = Transformer(ModelArgs.from_dict(state["model_args"]))
+    model.to_empty(device="cpu")
+    ckpt.load_model_weights(step_dir, model)
+    tok = state.get("tokenizer")
+    return save_model(model, dst, format=to, tokenizer_path=tok if tok and Path(tok).exists() else None, dtype=dtype)
+
+
+def add_arguments(p) -> None:
+    p.description = ("Export a training checkpoint (any number of ranks, any FSDP/TP layout) to a single "
+                     "camelid, Hugging Face or Meta checkpoint.")
+    p.add_argument("src", help="a run directory (newest checkpoint) or a checkpoints/step_N directory")
+    p.add_argument("dst", help="output directory")
+    p.add_argument("--to", default="camelid", choices=["camelid", "hf", "meta"])
+    p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="cast weights (default: keep fp32)")
+
+
+def run(args) -> int:
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
+    out = export_checkpoint(args.src, args.dst, args.to, dtype)
+    print(f"exported {resolve_checkpoint(args.src)} -> {out} ({args.to})")
+    return 0
