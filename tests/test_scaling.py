@@ -347,9 +347,9 @@ def test_sweep_dry_run(capsys, tmp_path):
 
 def test_bootstrap_intervals_cover_the_truth():
     n, d, loss = _grid_points(TRUE, noise=0.003, seed=2)
-    r = fit.fit_law(n, d, loss, bootstrap=8, seed=0)
+    r = fit.fit_law(n, d, loss, bootstrap=4, seed=0)
     bs = r.bootstrap
-    assert bs["samples"] == 8
+    assert bs["samples"] == 4
     for k in ("E", "alpha", "beta", "a"):
         assert bs[k]["p5"] <= bs[k]["p95"] and bs[k]["std"] >= 0
     assert bs["alpha"]["p5"] - 0.03 <= TRUE.alpha <= bs["alpha"]["p95"] + 0.03

@@ -278,8 +278,14 @@ def _fit_law(params, tokens, losses, *, delta, grid, screen, adam_steps, polish,
             candidates.append(t)
         if len(candidates) > polish:
             break
-    best, best_value = None, math.inf
+    # a short L-BFGS run on every candidate, then the two best to convergence
+    short = []
     for t in candidates:
+        t_opt, v = _lbfgs(t, logn, logd, logl, delta, max_iter=150)
+        if math.isfinite(v) and torch.isfinite(t_opt).all():
+            short.append((v, t_opt))
+    best, best_value = None, math.inf
+    for _, t in sorted(short, key=lambda vt: vt[0])[:2]:
         t_opt, v = _lbfgs(t, logn, logd, logl, delta)
         if math.isfinite(v) and v < best_value and torch.isfinite(t_opt).all():
             best, best_value = t_opt, v
