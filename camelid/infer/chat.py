@@ -101,7 +101,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from camelid.infer.load import load_model_and_tokenizer
 
-    model, tok = load_model_and_tokenizer(args.model, args.tokenizer, args.device, args.dtype)
+    model, tok = load_model_and_tokenizer(args.model, args.tokenizer, args.device, args.dtype, args.threads)
     try:
         session = ChatSession(model, tok, system=args.system, max_new_tokens=args.max_new_tokens,
                               temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,

@@ -36,7 +36,7 @@ def run(args) -> int:
         sp = SamplingParams(args.temperature, args.top_p, args.top_k)
     except ValueError as e:
         raise CamelidError(str(e)) from None
-    model, tok = load_model_and_tokenizer(args.model, args.tokenizer, args.device, args.dtype)
+    model, tok = load_model_and_tokenizer(args.model, args.tokenizer, args.device, args.dtype, args.threads)
     text = sys.stdin.read() if args.prompt == "-" else args.prompt
     if args.chat:
         msgs = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": text}]

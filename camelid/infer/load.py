@@ -21,6 +21,8 @@ def add_model_arguments(p) -> None:
                    help="inference precision (default: as stored; bf16 halves the bytes read per token)")
     p.add_argument("--max-seq-len", type=int, default=None,
                    help="context length in tokens (default: the model's max_seq_len)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is best for tiny models or a busy machine)")
 
 
 def add_sampling_arguments(p, temperature: float, top_p: float, max_new_tokens: int) -> None:
@@ -31,8 +33,12 @@ def add_sampling_arguments(p, temperature: float, top_p: float, max_new_tokens: 
     p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
 
 
-def load_model_and_tokenizer(model_path, tokenizer_path=None, device="cpu", dtype=None):
+def load_model_and_tokenizer(model_path, tokenizer_path=None, device="cpu", dtype=None, threads=None):
     """(model, tokenizer); the tokenizer defaults to tokenizer.model beside the weights."""
+    if threads is not None:
+        if threads < 1:
+            raise CamelidError("--threads must be at least 1")
+        torch.set_num_threads(threads)
     from camelid.checkpoint import load_model
     from camelid.tokenizer import Tokenizer
 

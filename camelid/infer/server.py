@@ -11,7 +11,6 @@ for than allowed), 401 for a wrong API key, 413 for an oversized body, 429 when 
 flight.
 """
 
-from __future__ import annotations
 
 import asyncio
 import json
@@ -59,23 +58,30 @@ class _Sink:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
     index: int
-    stream: TextStream
-    finish: str | None = None
+    stream: TextStream | None  # None: the text is decoded once when the request ends
 
     def put(self, item) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
+def _deliver(items) -> None:
+    for q, item in items:
+        q.put_nowait(item)
+
+
 class Worker(threading.Thread):
     """Owns the engine; steps it whenever a request is live."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, tokenizer):
         super().__init__(name="camelid-engine", daemon=True)
         self.engine = engine
+        self.tokenizer = tokenizer
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._stop_event = threading.Event()
         self.steps = 0
         self.tokens = 0
+        self.busy_s = 0.0
+        self.step_s = 0.0
 
     def submit(self, req: Request) -> None:
         self.inbox.put(("add", req))
@@ -116,6 +122,7 @@ class Worker(threading.Thread):
             self._drain(block=not eng.has_work)
             if not eng.has_work:
                 continue
+            t0 = time.perf_counter()
             try:
                 events = eng.step()
             except Exception as e:  # never leave clients hanging: fail what was running, keep serving
@@ -124,21 +131,31 @@ class Worker(threading.Thread):
                 eng.active.clear(), eng.lengths.clear(), eng.last.clear(), eng.waiting.clear()
                 continue
             self.steps += 1
+            self.step_s += time.perf_counter() - t0
+            out_by_loop: dict = {}  # one wake-up of each event loop per step, not one per token
             for ev in events:
                 sink: _Sink = ev.request.data
-                out = sink.stream.push(ev.token) if ev.token is not None else ""
+                reason = ev.finish_reason
                 if ev.token is not None:
                     self.tokens += 1
-                reason = ev.finish_reason
-                if sink.stream.stopped and not ev.request.done:
-                    eng.abort(ev.request)
-                if sink.stream.stopped:
-                    reason = "stop"
-                if reason:
-                    out += sink.stream.finish()
-                    sink.put(("delta", sink.index, out, reason, len(ev.request.tokens)))
-                elif out:
-                    sink.put(("delta", sink.index, out, None, len(ev.request.tokens)))
+                if sink.stream is None:  # not streamed, no stop strings: decode once at the end
+                    if not reason:
+                        continue
+                    out = self.tokenizer.decode(ev.request.tokens)
+                else:
+                    out = sink.stream.push(ev.token) if ev.token is not None else ""
+                    if sink.stream.stopped and not ev.request.done:
+                        eng.abort(ev.request)
+                    if sink.stream.stopped:
+                        reason = "stop"
+                    if reason:
+                        out += sink.stream.finish()
+                if reason or out:
+                    out_by_loop.setdefault(sink.loop, []).append(
+                        (sink.queue, ("delta", sink.index, out, reason, len(ev.request.tokens))))
+            for loop, items in out_by_loop.items():
+                loop.call_soon_threadsafe(_deliver, items)
+            self.busy_s += time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------------------------- request parsing
@@ -191,7 +208,7 @@ class Server:
         self.engine, self.tok, self.model_name, self.api_key = engine, tokenizer, model_name, api_key
         self.limits = limits or Limits()
         self.context = engine.max_seq_len
-        self.worker = Worker(engine)
+        self.worker = Worker(engine, tokenizer)
         self.in_flight = 0
         self.created = int(time.time())
 
@@ -315,7 +332,8 @@ class Server:
             for j in range(job.n):
                 seed = None if job.seed is None else job.seed + j
                 req = Request(p, mt, job.sampling, (self.tok.eos_id,), seed=seed)
-                req.data = _Sink(loop, q, i * job.n + j, TextStream(self.tok, job.stop))
+                ts = TextStream(self.tok, job.stop) if job.stream or job.stop else None
+                req.data = _Sink(loop, q, i * job.n + j, ts)
                 self.engine.validate(req)
                 job.reqs.append(req)
         self.in_flight += total
@@ -394,7 +412,9 @@ def create_app(engine: Engine, tokenizer, model_name: str = "camelid", api_key: 
     async def health():
         eng = srv.engine
         return {"status": "ok", "model": srv.model_name, "running": len(eng.active), "waiting": len(eng.waiting),
-                "in_flight": srv.in_flight, "context": srv.context, "max_batch": eng.max_batch}
+                "in_flight": srv.in_flight, "context": srv.context, "max_batch": eng.max_batch,
+                "steps": srv.worker.steps, "tokens_generated": srv.worker.tokens,
+                "busy_s": round(srv.worker.busy_s, 3), "engine_s": round(srv.worker.step_s, 3)}
 
     @app.get("/v1/models")
     async def models(request: HTTPRequest):
@@ -526,7 +546,7 @@ def run(args) -> int:
 
     if args.max_batch < 1 or args.max_in_flight < 1:
         raise CamelidError("--max-batch and --max-in-flight must be at least 1")
-    model, tok = load_model_and_tokenizer(args.model, args.tokenizer, args.device, args.dtype)
+    model, tok = load_model_and_tokenizer(args.model, args.tokenizer, args.device, args.dtype, args.threads)
     engine = Engine(model, max_batch=args.max_batch, max_seq_len=args.max_seq_len, seed=args.seed)
     name = args.model_name or Path(args.model).resolve().name
     limits = Limits(max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes, max_in_flight=args.max_in_flight)
