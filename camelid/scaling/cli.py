@@ -263,7 +263,7 @@ def run_fit(args) -> int:
            "point": args.point, "count": args.count}
     if not args.no_plot:
         path = Path(args.plot) if args.plot else _default_plot_path(runs, args.csv)
-        out["plot"] = str(fit.plot_isoflops(result.law, points, path))
+        out["plot"] = str(fit.plot_isoflops(result.law, points, path, minima=iso))
     if args.save:
         Path(args.save).parent.mkdir(parents=True, exist_ok=True)
         Path(args.save).write_text(json.dumps({"law": result.law.params(), "fit": result.to_dict()}, indent=2) + "\n")

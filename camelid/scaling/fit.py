@@ -336,8 +336,8 @@ def frontier(law: ParametricLaw, budgets) -> list[dict]:
 def default_budgets(points: list[Point], extend: float = 100.0) -> list[float]:
     """Decades spanning the runs' compute, extended `extend`-fold past the largest."""
     cs = [p.flops for p in points]
-    lo = math.floor(math.log10(min(cs)))
-    hi = math.ceil(math.log10(max(cs) * extend))
+    lo = math.floor(math.log10(min(cs)) + 0.02)  # 9.99e14 (rounded token counts) belongs to 1e15
+    hi = math.ceil(math.log10(max(cs) * extend) - 0.02)
     return [10.0 ** k for k in range(lo, hi + 1)]
 
 
@@ -396,7 +396,7 @@ def describe_isoflop_minima(res: dict | None) -> str:
 
 
 def plot_isoflops(law: ParametricLaw, points: list[Point], path: str | Path, budgets=None,
-                  title: str = "IsoFLOP curves of the fitted law") -> Path:
+                  title: str = "IsoFLOP curves of the fitted law", minima: dict | None = None) -> Path:
     """Two panels: loss against N along each budget's IsoFLOP curve (D = C/6N) with the runs and each
     curve's minimum; and the compute-optimal N and D against C with the runs."""
     import matplotlib
@@ -438,6 +438,10 @@ def plot_isoflops(law: ParametricLaw, points: list[Point], path: str | Path, bud
     ax2.scatter([p.flops for p in points], n_all, color="C0", s=14, alpha=0.6, label="runs: N")
     ax2.scatter([p.flops for p in points], [p.tokens for p in points], color="C1", s=14, alpha=0.6,
                 marker="s", label="runs: D")
+    if minima:
+        ms = minima["minima"]
+        ax2.scatter([m["flops"] for m in ms], [m["params"] for m in ms], color="k", marker="D", s=30, zorder=4,
+                    label="approach 2: IsoFLOP minima (N)")
     ax2.set_xscale("log")
     ax2.set_yscale("log")
     ax2.set_xlabel("training FLOPs C = 6ND")
