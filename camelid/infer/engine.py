@@ -488,8 +488,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
 
     temperature 0 is greedy; top_p / top_k filter the sampled distribution. seed makes sampling
     reproducible (for the same prompts and batch). stop_ids: token ids that end a sequence (default
-    LLaMA's EOS, 2; None for none). max_batch: rows decoded together (default all prompts; more
-    prompts than that join as rows free up). callback(index, token) streams tokens as they come.
+    LLaMA's EOS, 2; None for none). max_batch: rows decoded together (default: all prompts, at most
+    128; further prompts join as rows free up). callback(index, token) streams tokens as they come.
     use_cache=False recomputes the whole sequence with `model.forward` at every step (a slow reference).
     """
     if isinstance(prompts, (str, bytes)) or (prompts and isinstance(prompts[0], int)):
@@ -500,7 +500,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
         return []
     if not use_cache:
         return _generate_uncached(model, prompts, max_new_tokens, sp, seed, stops, max_seq_len, callback)
-    eng = Engine(model, max_batch=max_batch or len(prompts), max_seq_len=max_seq_len, dtype=dtype, seed=seed)
+    eng = Engine(model, max_batch=max_batch or min(len(prompts), 128), max_seq_len=max_seq_len, dtype=dtype, seed=seed)
     reqs = [eng.add(Request(list(p), max_new_tokens, sp, stops)) for p in prompts]
     index = {r.id: i for i, r in enumerate(reqs)}
     cb = None

@@ -1,0 +1,174 @@
+"""Decoding speed: camelid's engine against transformers' `generate` on the same weights, in one run.
+
+    python bench/decode.py                 # reference config and the ~250M one, fp32 and bf16, batch 1 and 16
+    python bench/decode.py --quick         # reference config only, fewer tokens
+    python bench/decode.py --configs ref --dtypes fp32 --batches 1 --new-tokens 64
+
+Decode tokens/s excludes the prefill: it is timed from the first new token to the last (a callback on
+camelid's side, a streamer on transformers' side), best of `--repeats`. Both sides decode greedily with
+no early stop. Batch-1 decoding has to read every weight matrix once per token, so
+bytes/token x tokens/s / (measured memory read bandwidth) says how close to the machine's limit a
+run gets. Prints a Markdown table (and `--json FILE` writes the numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from camelid.checkpoint import to_hf_state_dict  # noqa: E402
+from camelid.infer.engine import generate, kv_bytes_per_token, weight_bytes_per_token  # noqa: E402
+from camelid.model import ModelArgs, Transformer  # noqa: E402
+
+CONFIGS = {
+    "ref": dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=4, ffn_hidden_dim=1408, vocab_size=8192, max_seq_len=1024),
+    "250m": dict(dim=1024, n_layers=16, n_heads=16, n_kv_heads=8, ffn_hidden_dim=2816, vocab_size=32000,
+                 max_seq_len=1024),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
+    """Memory read bandwidth in GB/s: summing a tensor far larger than the caches, all threads."""
+    x = torch.ones(int(gib * 2**30) // 4)
+    x.sum()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / best / 1e9
+
+
+def hf_model(model: Transformer):
+    import transformers
+    a = model.args
+    cfg = transformers.LlamaConfig(
+        hidden_size=a.dim, intermediate_size=a.hidden_dim, num_hidden_layers=a.n_layers,
+        num_attention_heads=a.n_heads, num_key_value_heads=a.kv_heads, vocab_size=a.vocab_size,
+        rms_norm_eps=a.norm_eps, rope_theta=a.rope_theta, max_position_embeddings=a.max_seq_len,
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    hf.load_state_dict(to_hf_state_dict(model.state_dict(), a), strict=False)
+    return hf
+
+
+def decode_rate(run, batch, new, repeats) -> float:
+    """Best tokens/s between the first and the last new token (the prefill is left out).
+
+    run(n, tick) generates n tokens and calls tick() once per decoding step."""
+    best = 0.0
+    run(4, lambda: None)  # warm-up (weight packing, allocator)
+    for _ in range(repeats):
+        stamps = []
+        run(new, lambda: stamps.append(time.perf_counter()))
+        best = max(best, batch * (len(stamps) - 1) / (stamps[-1] - stamps[0]))
+    return best
+
+
+def bench_one(name, dtype_name, batch, args, bw):
+    dtype = DTYPES[dtype_name]
+    torch.manual_seed(0)
+    margs = ModelArgs(**CONFIGS[name])
+    model = Transformer(margs).eval().to(dtype)
+    g = torch.Generator().manual_seed(1)
+    prompts = [[1] + torch.randint(3, margs.vocab_size, (args.prompt_len - 1,), generator=g).tolist()
+               for _ in range(batch)]
+
+    def ours(n, tick=None):
+        def cb(i, t):  # every row gets a token each step; row 0's marks the step
+            if i == 0:
+                tick()
+        return generate(model, prompts, n, stop_ids=None, callback=cb if tick else None)
+
+    row = dict(config=name, dtype=dtype_name, batch=batch)
+    row["camelid"] = decode_rate(ours, batch, args.new_tokens, args.repeats)
+    if not args.no_hf:
+        from transformers.generation.streamers import BaseStreamer
+        hf = hf_model(model.float()).to(dtype)
+        model.to(dtype)
+        x = torch.tensor(prompts)
+
+        class Tick(BaseStreamer):
+            def __init__(self, tick):
+                self.tick, self.first = tick, True
+
+            def put(self, value):
+                if self.first:  # the prompt
+                    self.first = False
+                else:
+                    self.tick()
+
+            def end(self):
+                pass
+
+        def theirs(n, tick=None):
+            with torch.inference_mode():
+                return hf.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
+                                   streamer=Tick(tick) if tick else None)
+
+        # transformers is slow at batch 1; fewer tokens keep the run short without changing its rate
+        row["hf"] = decode_rate(theirs, batch, max(8, args.new_tokens // 2), args.repeats)
+        row["speedup"] = row["camelid"] / row["hf"]
+        # same weights, same greedy tokens (a random model's near-ties may flip late tokens in bf16)
+        a, b = ours(16), theirs(16)[:, args.prompt_len:].tolist()
+        row["same_tokens"] = sum(x == y for r, s in zip(a, b) for x, y in zip(r, s)) / (16 * batch)
+        del hf
+    wbytes = weight_bytes_per_token(margs, dtype)
+    kv = kv_bytes_per_token(margs, dtype) * (args.prompt_len + args.new_tokens / 2)
+    row["mb_per_token"] = (wbytes + kv) / 1e6
+    if batch == 1:
+        row["gb_s"] = row["mb_per_token"] * row["camelid"] / 1e3
+        row["of_bandwidth"] = row["gb_s"] / bw
+    return row
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", nargs="+", default=["ref", "250m"], choices=list(CONFIGS))
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 16])
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-hf", action="store_true", help="camelid only")
+    p.add_argument("--quick", action="store_true", help="reference config, 32 new tokens")
+    p.add_argument("--json", default=None, help="write the rows here")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.configs, args.new_tokens = ["ref"], min(args.new_tokens, 32)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bw = read_bandwidth()
+    import transformers
+    print(f"# decode benchmark: torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+          f"read bandwidth {bw:.1f} GB/s, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens")
+    print("| config | dtype | batch | camelid tok/s | transformers tok/s | speedup | same tokens | MB/token | GB/s | of read bw |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for name in args.configs:
+        for dt in args.dtypes:
+            for b in args.batches:
+                r = bench_one(name, dt, b, args, bw)
+                rows.append(r)
+                print(f"| {name} | {dt} | {b} | {r['camelid']:.0f} | {r.get('hf', float('nan')):.0f} | "
+                      f"{r.get('speedup', float('nan')):.1f}x | {r.get('same_tokens', float('nan')):.0%} | "
+                      f"{r['mb_per_token']:.0f} | {r.get('gb_s', float('nan')):.1f} | "
+                      f"{r.get('of_bandwidth', float('nan')):.0%} |", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(read_bandwidth_gb_s=bw, threads=torch.get_num_threads(), rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
