@@ -1,0 +1,290 @@
+"""Supervised fine-tuning of a chat model (Llama-2 §3.1) on the shared training loop.
+
+`camelid sft --model CKPT --data FILE_OR_NAME --out RUN_DIR`
+
+* Data: JSONL dialogs (`camelid.data.chat`: OpenAI-style `messages` or prompt/response pairs; several
+  files comma-separated) or `proving-ground`: the proving ground's train split (camelid.tasks), plus
+  single-turn dialogs under a system instruction and, with `sft.gatt > 0`, Ghost Attention dialogs
+  (camelid.data.gatt).
+* Loss: next-token cross-entropy on the assistant answers and their EOS only, normalised by the answer
+  tokens of the whole global batch; dialogs packed into rows of the model's context, each attending
+  only to itself (sft.cross_attention = true lets them see each other).
+* Defaults are Llama-2's: cosine from 2e-5, weight decay 0.1, 64 sequences per batch, 2 epochs,
+  sequence length = the model's context (configs/sft.toml). The quickstart departs from them and
+  says why (configs/quickstart-sft.toml).
+
+The run directory gets config.toml, metrics.jsonl (train rows and held-out answer loss), checkpoints/
+(resume with --resume), model/ (final weights with the tokenizer), summary.json and, for the proving
+ground, eval.json (held-out accuracy per task, refusals, GAtt adherence).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from camelid.config import CheckpointConfig, ConfigError, LogConfig, ModelConfig, TrainConfig, load_config, \
+    resolve_config_path
+from camelid.errors import CamelidError
+from camelid.fsutil import atomic_write_json, atomic_write_text
+from camelid.train.loop import DistInfo, Trainer, resolve_device
+from camelid.train.objectives import LanguageModeling
+
+PROVING_GROUND = "proving-ground"
+
+
+@dataclass
+class SFTSection:
+    data: str = PROVING_GROUND  # JSONL file(s), comma-separated, or "proving-ground"
+    val_data: str = ""  # JSONL for the held-out answer loss; the proving ground uses its test split
+    epochs: float = 2.0
+    batch_size: int = 64  # packed sequences per optimizer step (Llama-2: 64 x 4,096 tokens)
+    seq_len: int = 0  # 0: the model's context length
+    cross_attention: bool = False  # let packed dialogs attend to each other (plain concatenation)
+    last_turn_only: bool = False  # train only each dialog's final answer
+    seed: int = 0  # data order and the proving ground's dialogs
+    # The proving ground's mix (data = "proving-ground"):
+    dialogs: int = 4000  # task dialogs (train split; some multi-turn, some with a system prompt)
+    instruction_dialogs: int = 400  # single-turn dialogs under a GAtt-style system instruction
+    gatt: int = 0  # Ghost Attention dialogs (instruction in turn 1 only, loss on the last turn only)
+    gatt_turns: int = 5
+    gatt_sample: bool = False  # sample GAtt answers from the starting model where they adhere (else by program)
+    eval_n: int = 180  # held-out proving-ground questions evaluated after training (0: none)
+    eval_gatt: int = 24  # held-out GAtt dialogs evaluated after training
+
+
+@dataclass
+class SFTConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    sft: SFTSection = field(default_factory=SFTSection)
+
+    def to_dict(self) -> dict:
+        import dataclasses
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        from camelid.config import to_toml
+        return to_toml(self.to_dict())
+
+
+# Llama-2 §3.1 (the paper does not give SFT warmup; none). batch_tokens is derived: batch_size x seq_len.
+SFT_DEFAULTS = {"train": {"lr": 2e-5, "weight_decay": 0.1, "warmup_steps": 0, "min_lr_ratio": 0.1,
+                          "micro_batch": 8},
+                "log": {"every": 5}, "checkpoint": {"every": 0, "keep": 1}}
+
+
+def load_sft_config(path=None, overrides=None) -> SFTConfig:
+    cfg = load_config(resolve_config_path(path) if path else None, overrides, cls=SFTConfig,
+                      defaults=copy.deepcopy(SFT_DEFAULTS))
+    s = cfg.sft
+    if s.epochs <= 0:
+        raise ConfigError("sft.epochs: must be positive")
+    if s.batch_size <= 0:
+        raise ConfigError("sft.batch_size: must be positive")
+    if s.batch_size % cfg.train.micro_batch:
+        raise ConfigError(f"sft.batch_size: {s.batch_size} is not a multiple of train.micro_batch "
+                          f"{cfg.train.micro_batch}")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------------ data
+
+def proving_ground_samples(tokenizer, s: SFTSection, log=print) -> tuple[list, dict]:
+    """(ids, mask) samples of the proving ground's SFT mix, and what went into it."""
+    from camelid.chat_format import encode_dialog_with_mask
+    from camelid.tasks import make_dialogs, make_instruction_dialogs
+
+    samples = []
+    for ex in make_dialogs("train", s.dialogs, s.seed):
+        samples.append(encode_dialog_with_mask(tokenizer, ex.messages + [{"role": "assistant", "content": ex.reference}],
+                                               last_turn_only=s.last_turn_only))
+    for d in make_instruction_dialogs("train", s.instruction_dialogs, s.seed, turns=1):
+        samples.append(encode_dialog_with_mask(tokenizer, d.messages(d.references())))
+    info = {"dialogs": s.dialogs, "instruction_dialogs": s.instruction_dialogs, "gatt": s.gatt}
+    return samples, info
+
+
+def gatt_samples(tokenizer, s: SFTSection, model=None) -> tuple[list, dict]:
+    from camelid.data.gatt import build_gatt, model_answerer
+    from camelid.tasks import make_instruction_dialogs
+
+    if not s.gatt:
+        return [], {}
+    dialogs = make_instruction_dialogs("train", s.gatt, s.seed + 7919, turns=s.gatt_turns)
+    answerer = model_answerer(model, tokenizer, seed=s.seed) if (s.gatt_sample and model is not None) else None
+    return build_gatt(tokenizer, dialogs, answerer, seed=s.seed)
+
+
+def load_samples(tokenizer, spec: str, last_turn_only: bool) -> list:
+    from camelid.data.chat import encode_samples, load_chat_jsonl
+
+    files = [p.strip() for p in spec.split(",") if p.strip()]
+    if not files:
+        raise ConfigError("sft.data: empty; give a JSONL file or 'proving-ground'")
+    samples = []
+    for f in files:
+        samples += encode_samples(tokenizer, load_chat_jsonl(f), last_turn_only=last_turn_only)
+    return samples
+
+
+def answer_loss_evaluator(rows, micro_batch: int, cross_attention: bool):
+    """Held-out loss per answer token (the SFT objective on unseen dialogs)."""
+    objective = LanguageModeling()
+
+    def evaluate(model) -> dict:
+        device = next(model.parameters()).device
+        total, count = 0.0, 0
+        for start in range(0, len(rows), micro_batch):
+            idx = torch.arange(start, min(start + micro_batch, len(rows)))
+            batch = {k: v.to(device) for k, v in rows.batch(idx, cross_attention).items()}
+            loss, _ = objective(model, batch)
+            total += loss.item()
+            count += objective.count_targets(batch)
+        mean = total / max(count, 1)
+        return {"loss": mean, "ppl": math.exp(min(mean, 50))}
+
+    return evaluate
+
+
+# ------------------------------------------------------------------------------------------------------- run
+
+def sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
+    """Fine-tune cfg.model.init_from on cfg.sft.data; returns the summary written to RUN_DIR/summary.json."""
+    from camelid.checkpoint import load_model, save_model
+    from camelid.data.chat import PackedChatData, pack
+    from camelid.tasks import make_dialogs
+    from camelid.tokenizer import Tokenizer
+    from camelid.train.pretrain import prepare_run_dir
+
+    say = (lambda *a: None) if quiet else print
+    run_dir = Path(run_dir)
+    prepare_run_dir(run_dir, resume)
+    s, t = cfg.sft, cfg.train
+    if not cfg.model.init_from:
+        raise ConfigError("model.init_from: which model to fine-tune? pass --model CKPT")
+    device = resolve_device(t.device)
+    model = load_model(cfg.model.init_from, device=device, dtype=torch.float32)
+    tok_path = getattr(model, "tokenizer_path", None)
+    if not tok_path:
+        raise CamelidError(f"{cfg.model.init_from}: no tokenizer.model beside the weights")
+    tok = Tokenizer(tok_path)
+    args = model.args
+    seq_len = s.seq_len or args.max_seq_len
+    if seq_len > args.max_seq_len:
+        raise ConfigError(f"sft.seq_len: {seq_len} exceeds the model's context {args.max_seq_len}")
+
+    t0 = time.perf_counter()
+    info: dict = {}
+    if s.data == PROVING_GROUND:
+        samples, info = proving_ground_samples(tok, s)
+        g_samples, g_info = gatt_samples(tok, s, model)
+        samples += g_samples
+        info["gatt_answers"] = g_info
+        val_dialogs = [ex.messages + [{"role": "assistant", "content": ex.reference}]
+                       for ex in make_dialogs("test", 64, s.seed)]
+        from camelid.data.chat import encode_samples
+        val_samples = encode_samples(tok, val_dialogs)
+    else:
+        samples = load_samples(tok, s.data, s.last_turn_only)
+        val_samples = load_samples(tok, s.val_data, False) if s.val_data else []
+    rows = pack(samples, seq_len, seed=s.seed)
+    data = PackedChatData(rows, seed=s.seed, cross_attention=s.cross_attention, name=s.data)
+    evaluate = answer_loss_evaluator(pack(val_samples, seq_len, shuffle=False), t.micro_batch, s.cross_attention) \
+        if val_samples else None
+    st = rows.stats
+    say(f"sft data: {st['packed']:,} dialogs packed into {st['rows']:,} rows of {seq_len} tokens "
+        f"({100 * st['fill']:.0f}% full, {st['target_tokens']:,} answer tokens, {st['truncated']} truncated) "
+        f"in {time.perf_counter() - t0:.1f}s")
+
+    dist_info = DistInfo.current()
+    per_step = t.micro_batch * dist_info.dp_world
+    if s.batch_size % per_step:
+        raise ConfigError(f"sft.batch_size: {s.batch_size} is not a multiple of micro_batch x ranks = {per_step}")
+    accum = s.batch_size // per_step
+    t.batch_tokens = s.batch_size * seq_len  # for the record (config.toml)
+    steps = t.max_steps or max(1, math.ceil(s.epochs * len(rows) / s.batch_size))
+    if dist_info.rank == 0:
+        atomic_write_text(run_dir / "config.toml", cfg.to_toml())
+    trainer = Trainer(model=model, objective=LanguageModeling(), data=data, cfg=cfg, run_dir=run_dir,
+                      total_steps=steps, seq_len=seq_len, accum=accum, dist_info=dist_info, evaluate=evaluate,
+                      stage="sft", model_args=args, extra_state={"model_args": args.to_dict(), "tokenizer": str(tok_path)})
+    resumed = trainer.resume() if resume else False
+    say(f"sft: {args.num_params() / 1e6:.2f}M parameters from {cfg.model.init_from}; {steps} steps of "
+        f"{s.batch_size} rows ({t.micro_batch} x {accum} accumulation), {steps * s.batch_size / len(rows):.2f} epochs, "
+        f"lr {t.lr:g} cosine to {t.min_lr_ratio:g}x, {t.dtype} on {device}"
+        + (f"; resumed at step {trainer.step}" if resumed else ""))
+    start = time.perf_counter()
+    out_rows = trainer.fit()
+    seconds = time.perf_counter() - start
+    val = [r for r in out_rows if r.get("split") == "val"]
+    summary = {"steps": trainer.step, "tokens": trainer.tokens, "seconds": seconds, "rows": len(rows),
+               "epochs": trainer.step * s.batch_size / len(rows), "data": info or {"files": s.data},
+               "packing": st, "final_train_loss": next((r["loss"] for r in reversed(out_rows) if "split" not in r), None),
+               "val_loss_before": val[0]["loss"] if val else None, "val_loss_after": val[-1]["loss"] if val else None,
+               "model_args": args.to_dict()}
+    if dist_info.rank == 0:
+        save_model(model, run_dir / "model", tokenizer_path=tok_path)
+        if s.data == PROVING_GROUND and s.eval_n:
+            from camelid.tasks import evaluate as pg_evaluate
+            from camelid.tasks.eval import format_report
+            report = pg_evaluate(model.eval(), tok, split="test", n=s.eval_n, seed=0, gatt_dialogs=s.eval_gatt)
+            atomic_write_json(run_dir / "eval.json", report)
+            summary["eval"] = {k: report[k] for k in ("accuracy", "tasks", "refusal_rate", "over_refusal_rate",
+                                                      "gatt_adherence", "gatt_adherence_3plus")}
+            say(format_report(report, "held-out proving ground after SFT:"))
+        atomic_write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+def add_arguments(p) -> None:
+    p.description = ("Supervised fine-tuning of a chat model (Llama-2 §3.1): loss on assistant answers only, "
+                     "dialogs packed into full rows, cosine LR from 2e-5, batch 64, 2 epochs. Settings: "
+                     "configs/sft.toml (or --config), then the flags below, then --set.")
+    p.add_argument("--model", required=False, help="checkpoint to fine-tune (camelid, Hugging Face or Meta format)")
+    p.add_argument("--data", default=None,
+                   help="JSONL file(s) (messages or prompt/response), comma-separated, or 'proving-ground'")
+    p.add_argument("--config", default=None, help="recipe file or name (default: sft)")
+    p.add_argument("--out", default="runs/sft", help="run directory")
+    p.add_argument("--epochs", type=float, default=None)
+    p.add_argument("--max-steps", type=int, default=None, help="override the steps derived from the epochs")
+    p.add_argument("--gatt", type=int, default=None, help="Ghost Attention dialogs to add (proving ground)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any setting, e.g. --set train.lr=1e-4 --set sft.batch_size=32")
+
+
+def config_from_args(args) -> SFTConfig:
+    over = []
+    if args.model:
+        over.append(f"model.init_from={args.model}")
+    if args.data:
+        over.append(f"sft.data={args.data}")
+    if args.epochs is not None:
+        over.append(f"sft.epochs={args.epochs}")
+    if args.max_steps is not None:
+        over.append(f"train.max_steps={args.max_steps}")
+    if args.gatt is not None:
+        over.append(f"sft.gatt={args.gatt}")
+    saved = Path(args.out) / "config.toml"
+    path = args.config or (saved if args.resume and saved.exists() else "sft")
+    return load_sft_config(path, over + list(args.overrides))
+
+
+def run(args) -> int:
+    cfg = config_from_args(args)
+    summary = sft(cfg, args.out, resume=args.resume)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("model_args", "eval", "packing")}, indent=2))
+    print(f"weights: {Path(args.out) / 'model'}  (chat: camelid chat --model {Path(args.out) / 'model'}; "
+          f"plot: camelid plot {args.out})")
+    return 0
