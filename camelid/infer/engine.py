@@ -118,10 +118,11 @@ _fast_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def fast_weights(model, dtype=None, pack=None) -> FastWeights:
     """The model's FastWeights, built once and reused while the parameters stay unchanged."""
     per_model = _fast_cache.setdefault(model, {})
-    key = (dtype, pack)
+    p = next(model.parameters())
+    key = (dtype or p.dtype, p.device, pack)  # dtype None follows the model, even after model.to(...)
     fw = per_model.get(key)
     if fw is None:
-        fw = per_model[key] = FastWeights(model, dtype=dtype, pack=pack)
+        fw = per_model[key] = FastWeights(model, dtype=key[0], pack=pack)
     else:
         fw.refresh()
     return fw
