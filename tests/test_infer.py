@@ -188,6 +188,9 @@ def test_weights_change_between_calls_is_seen():
             prm.mul_(1.5)
     after = generate(model, p, 10, stop_ids=None)
     assert after == generate(model, p, 10, stop_ids=None, use_cache=False) and after != before
+    from camelid.infer.engine import fast_weights
+    model.to(torch.bfloat16)  # the packed copy follows the model's dtype too
+    assert fast_weights(model).dtype == torch.bfloat16 and fast_weights(model, dtype=torch.float32).dtype == torch.float32
 
 
 # ---------------------------------------------------------------------------------------------- sampling
