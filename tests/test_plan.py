@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from camelid.errors import CamelidError
-from camelid.model import ModelArgs, TransformerBlock, preset, rotary_cos_sin
+from camelid.model import ModelArgs, TransformerBlock, preset, rotary_freqs
 from camelid.scaling.planner import (GIB, activation_bytes_per_layer, memory_per_gpu, plan_run)
 
 
@@ -86,7 +86,7 @@ def test_activation_formula_against_the_eager_block():
         block = TransformerBlock(0, args)
         B, T = 2, 384  # B·T != dim, so activations and weight copies differ in shape
         x = torch.randn(B, T, args.dim, requires_grad=True)
-        cos, sin = rotary_cos_sin(torch.arange(T).expand(B, T), args.head_dim, 10000.0)
+        freqs = rotary_freqs(torch.arange(T).expand(B, T), args.head_dim, 10000.0)
         skip = {p.untyped_storage().data_ptr() for p in block.parameters()} | {x.untyped_storage().data_ptr()}
         saved = {}
 
@@ -98,7 +98,7 @@ def test_activation_formula_against_the_eager_block():
             return t
 
         with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            block(x, cos, sin)
+            block(x, freqs)
         # the block input (x) is stored by the previous layer's output in a real model: add it back as 2 bytes
         measured = sum(saved.values()) + 2 * B * T * args.dim
         formula = activation_bytes_per_layer(args, T, B, 1, "none", True)

@@ -27,8 +27,8 @@ def apply_tp(model, tp_mesh, loss_parallel: bool = False):
         "output": ColwiseParallel(input_layouts=Shard(1), output_layouts=Shard(-1) if loss_parallel else Replicate(),
                                   use_local_output=not loss_parallel),
     })
-    # Attention.forward(x, cos, sin, mask, cache, layer) / FeedForward.forward(x): only x is a DTensor.
-    rest = (None,) * 5
+    # Attention.forward(x, freqs, mask, cache, layer) / FeedForward.forward(x): only x is a DTensor.
+    rest = (None,) * 4
     for block in model.layers:
         parallelize_module(block, tp_mesh, {
             "attention_norm": SequenceParallel(),

@@ -1,6 +1,6 @@
 """Tokenization throughput: camelid vs the sentencepiece library, same text, same machine, same run.
 
-    python bench/tokenize.py [--tokenizer MODEL] [--vocab-size 4096] [--mb 0]
+    python bench/tokenization.py [--tokenizer MODEL] [--vocab-size 4096] [--mb 0]
 
 Text: the embedded corpus (python-docs, stdlib-docstrings, stdlib-code, kjv-bible), written once to 16
 JSONL files. Rows (MB/s of UTF-8 text in, tokens out):
@@ -15,11 +15,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-
-# This file is named like the standard library's `tokenize`: keep its folder off the import path
-# (put the repository root there instead, so the script runs from a checkout).
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
 import json

@@ -1,0 +1,117 @@
+"""Training throughput: camelid vs transformers.LlamaForCausalLM, same config, batch, precision, process.
+
+    python bench/train_step.py                       # reference config, fp32 and bf16, eager and compiled
+    python bench/train_step.py --dtypes bf16 --no-compile --steps 5
+
+One training step = forward, loss, backward, AdamW step. Both models get the same weights, batch and
+optimizer; they are timed alternately so that background load hits both. MFU uses
+6(N - embedding) + 12 L H Q T FLOPs per token over the measured matmul peak of that precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from camelid.checkpoint import to_hf_state_dict
+from camelid.model import ModelArgs, Transformer
+from camelid.train.metrics import flops_per_token, measure_cpu_matmul_peak
+
+REFERENCE = dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=4, ffn_hidden_dim=1408, vocab_size=8192, max_seq_len=256)
+
+
+def hf_model(model: Transformer):
+    import transformers
+
+    a = model.args
+    cfg = transformers.LlamaConfig(hidden_size=a.dim, intermediate_size=a.hidden_dim, num_hidden_layers=a.n_layers,
+                                   num_attention_heads=a.n_heads, num_key_value_heads=a.kv_heads,
+                                   vocab_size=a.vocab_size, rms_norm_eps=a.norm_eps, rope_theta=a.rope_theta,
+                                   max_position_embeddings=a.max_seq_len, tie_word_embeddings=False,
+                                   attn_implementation="sdpa")
+    hf = transformers.LlamaForCausalLM(cfg)
+    hf.load_state_dict(to_hf_state_dict(model.state_dict(), a), strict=False)
+    return hf.train()
+
+
+def make_step(model, kind: str, dtype: torch.dtype, x: torch.Tensor, y: torch.Tensor):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1, foreach=True)
+
+    def step():
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            logits = model(x) if kind == "camelid" else model(input_ids=x).logits
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
+def measure(steps: dict, n: int, warmup: int) -> dict[str, float]:
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in steps}
+    for _ in range(n):
+        for k, fn in steps.items():  # interleaved: load spikes hit every contestant alike
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args()
+
+    torch.manual_seed(0)
+    margs = ModelArgs(**REFERENCE)
+    x = torch.randint(0, margs.vocab_size, (args.batch, args.seq))
+    y = torch.randint(0, margs.vocab_size, (args.batch, args.seq))
+    tokens = args.batch * args.seq
+    fpt = flops_per_token(margs, args.seq)
+    results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                          f"torch {torch.__version__}", "config": REFERENCE, "batch": [args.batch, args.seq], "runs": []}
+    print(results["machine"])
+    for name in args.dtypes.split(","):
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+        peak = measure_cpu_matmul_peak(dtype)
+        base = Transformer(margs)
+        steps = {"transformers": make_step(hf_model(base), "hf", dtype, x, y),
+                 "camelid": make_step(base, "camelid", dtype, x, y)}
+        if not args.no_compile:
+            compiled = Transformer(margs)
+            compiled.load_state_dict(base.state_dict())
+            from camelid.parallel import apply_compile
+            steps["camelid+compile"] = make_step(apply_compile(compiled), "camelid", dtype, x, y)
+        t = measure(steps, args.steps, args.warmup + (2 if not args.no_compile else 0))
+        ref = tokens / t["transformers"]
+        print(f"\n{name}: matmul peak {peak / 1e9:.0f} GFLOP/s")
+        for k, sec in t.items():
+            tps = tokens / sec
+            row = {"dtype": name, "model": k, "tokens_per_s": tps, "vs_transformers": tps / ref,
+                   "mfu": tps * fpt / peak, "peak_gflops": peak / 1e9}
+            results["runs"].append(row)
+            print(f"  {k:<18} {tps:8.0f} tokens/s  {tps / ref:5.2f}x  MFU {100 * row['mfu']:4.1f}%")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
