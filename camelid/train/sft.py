@@ -55,6 +55,7 @@ class SFTSection:
     gatt: int = 0  # Ghost Attention dialogs (instruction in turn 1 only, loss on the last turn only)
     gatt_turns: int = 5
     gatt_sample: bool = False  # sample GAtt answers from the starting model where they adhere (else by program)
+    val_n: int = 64  # held-out proving-ground dialogs for the validation loss
     eval_n: int = 180  # held-out proving-ground questions evaluated after training (0: none)
     eval_gatt: int = 24  # held-out GAtt dialogs evaluated after training
 
@@ -190,7 +191,7 @@ def sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, quiet: bool =
         samples += g_samples
         info["gatt_answers"] = g_info
         val_dialogs = [ex.messages + [{"role": "assistant", "content": ex.reference}]
-                       for ex in make_dialogs("test", 64, s.seed)]
+                       for ex in make_dialogs("test", s.val_n, s.seed)]
         from camelid.data.chat import encode_samples
         val_samples = encode_samples(tok, val_dialogs)
     else:
@@ -235,12 +236,10 @@ def sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, quiet: bool =
         save_model(model, run_dir / "model", tokenizer_path=tok_path)
         if s.data == PROVING_GROUND and s.eval_n:
             from camelid.tasks import evaluate as pg_evaluate
-            from camelid.tasks.eval import format_report
             report = pg_evaluate(model.eval(), tok, split="test", n=s.eval_n, seed=0, gatt_dialogs=s.eval_gatt)
             atomic_write_json(run_dir / "eval.json", report)
             summary["eval"] = {k: report[k] for k in ("accuracy", "tasks", "refusal_rate", "over_refusal_rate",
                                                       "gatt_adherence", "gatt_adherence_3plus")}
-            say(format_report(report, "held-out proving ground after SFT:"))
         atomic_write_json(run_dir / "summary.json", summary)
     return summary
 
@@ -284,6 +283,10 @@ def config_from_args(args) -> SFTConfig:
 def run(args) -> int:
     cfg = config_from_args(args)
     summary = sft(cfg, args.out, resume=args.resume)
+    if (Path(args.out) / "eval.json").exists():
+        from camelid.tasks.eval import format_report
+        print(format_report(json.loads((Path(args.out) / "eval.json").read_text()),
+                            "held-out proving ground after SFT:"))
     print(json.dumps({k: v for k, v in summary.items() if k not in ("model_args", "eval", "packing")}, indent=2))
     print(f"weights: {Path(args.out) / 'model'}  (chat: camelid chat --model {Path(args.out) / 'model'}; "
           f"plot: camelid plot {args.out})")
