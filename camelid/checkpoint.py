@@ -139,14 +139,18 @@ def _load_camelid(path: Path):
         raise CheckpointError(f"{path / 'config.json'}: {e}") from None
     file = path / "model.safetensors"
     sd = _read_weights(file)
-    return args, sd, {k: file for k in sd}
+    info = {"kind": cfg.get("kind", "lm"), "calibration": cfg.get("calibration")}
+    return args, sd, {k: file for k in sd}, info
 
 
-def _save_camelid(sd, args: ModelArgs, out: Path) -> None:
+def _save_camelid(sd, args: ModelArgs, out: Path, info: dict) -> None:
     from safetensors.torch import save_file
 
-    (out / "config.json").write_text(json.dumps(
-        {"format": "camelid", "version": CAMELID_FORMAT_VERSION, "model_args": args.to_dict()}, indent=2) + "\n")
+    cfg = {"format": "camelid", "version": CAMELID_FORMAT_VERSION, "kind": info.get("kind", "lm"),
+           "model_args": args.to_dict()}
+    if info.get("calibration"):
+        cfg["calibration"] = info["calibration"]
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     save_file({k: v.contiguous() for k, v in sd.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
@@ -156,6 +160,7 @@ HF_NAMES = [  # (camelid/Meta name pattern, Hugging Face name pattern)
     ("tok_embeddings.weight", "model.embed_tokens.weight"),
     ("norm.weight", "model.norm.weight"),
     ("output.weight", "lm_head.weight"),
+    ("reward_head.weight", "score.weight"),  # LlamaForSequenceClassification with num_labels=1
     ("layers.{}.attention.wq.weight", "model.layers.{}.self_attn.q_proj.weight"),
     ("layers.{}.attention.wk.weight", "model.layers.{}.self_attn.k_proj.weight"),
     ("layers.{}.attention.wv.weight", "model.layers.{}.self_attn.v_proj.weight"),
@@ -235,7 +240,12 @@ def _hf_args(file: Path, cfg: dict) -> ModelArgs:
 
 
 def _load_hf(path: Path):
-    args = _hf_args(path / "config.json", _read_json(path / "config.json"))
+    cfg = _read_json(path / "config.json")
+    args = _hf_args(path / "config.json", cfg)
+    kind = "reward" if "LlamaForSequenceClassification" in (cfg.get("architectures") or []) else "lm"
+    if kind == "reward" and cfg.get("num_labels", len(cfg.get("id2label") or {0: 0})) != 1:
+        raise CheckpointError(f"{path / 'config.json'}: a sequence classifier with more than one label is not a "
+                              f"reward model")
     files: list[Path]
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = path / index_name
@@ -268,13 +278,17 @@ def _load_hf(path: Path):
                                           f"expected [{expected}, {args.dim}] from config.json")
                 t = rotary_from_hf(t, heads)
             sd[ours], origin[ours] = t, file
-    return args, sd, origin
+    return args, sd, origin, {"kind": kind, "calibration": cfg.get("camelid_calibration")}
 
 
-def _hf_config(args: ModelArgs, dtype: torch.dtype) -> dict:
+def _hf_config(args: ModelArgs, dtype: torch.dtype, info: dict) -> dict:
     dtype_name = str(dtype).removeprefix("torch.")
+    reward = info.get("kind") == "reward"
+    extra = {"num_labels": 1, "id2label": {"0": "reward"}, "label2id": {"reward": 0},
+             "camelid_calibration": info.get("calibration")} if reward else {}
     return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "architectures": ["LlamaForSequenceClassification" if reward else "LlamaForCausalLM"], "model_type": "llama",
+        **extra,
         "hidden_size": args.dim, "intermediate_size": args.hidden_dim, "num_hidden_layers": args.n_layers,
         "num_attention_heads": args.n_heads, "num_key_value_heads": args.kv_heads, "head_dim": args.head_dim,
         "vocab_size": args.vocab_size, "max_position_embeddings": args.max_seq_len, "rms_norm_eps": args.norm_eps,
@@ -283,17 +297,18 @@ def _hf_config(args: ModelArgs, dtype: torch.dtype) -> dict:
         "rope_parameters": {"rope_theta": args.rope_theta, "rope_type": "default"},
         "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0,
         "tie_word_embeddings": False, "pretraining_tp": 1, "initializer_range": 0.02, "use_cache": True,
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": None,
+        # A sequence classifier finds each row's last token through pad_token_id (0, <unk>, is never generated).
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0 if reward else None,
         "torch_dtype": dtype_name, "dtype": dtype_name,
     }
 
 
-def _save_hf(sd, args: ModelArgs, out: Path, max_shard_bytes: int) -> None:
+def _save_hf(sd, args: ModelArgs, out: Path, max_shard_bytes: int, info: dict) -> None:
     from safetensors.torch import save_file
 
     hf = to_hf_state_dict(sd, args)
     dtype = next(iter(sd.values())).dtype
-    (out / "config.json").write_text(json.dumps(_hf_config(args, dtype), indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(_hf_config(args, dtype, info), indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps({
         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "do_sample": True,
         "temperature": 0.6, "top_p": 0.9, "max_length": args.max_seq_len}, indent=2) + "\n")
@@ -374,7 +389,7 @@ def _load_meta(path: Path):
         sd[key] = parts[0] if dim is None or len(parts) == 1 else _cat(parts, dim, key, files)
         origin[key] = files[0] if len(files) == 1 else path / "consolidated.*.pth"
     args = _meta_args(params_file, params, sd)
-    return args, sd, origin
+    return args, sd, origin, {"kind": "lm"}
 
 
 def _cat(parts, dim, key, files):
@@ -425,14 +440,22 @@ def _save_meta(sd, args: ModelArgs, out: Path, shards: int) -> None:
 
 # ------------------------------------------------------------------------------------------------- public API
 
-def load_state_dict(path: str | os.PathLike) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
-    """Read a checkpoint of any format into (ModelArgs, state dict with camelid/Meta names), fully checked."""
+def model_class(kind: str):
+    if kind == "reward":
+        from camelid.reward_model import RewardModel
+        return RewardModel
+    return Transformer
+
+
+def load_state_dict(path: str | os.PathLike) -> tuple[ModelArgs, dict[str, torch.Tensor], dict]:
+    """Read a checkpoint of any format into (ModelArgs, state dict with camelid/Meta names, info), fully
+    checked. info: {"kind": "lm" | "reward", "calibration": ...}."""
     path = Path(path)
     fmt = detect_format(path)
-    args, sd, origin = {"camelid": _load_camelid, "hf": _load_hf, "meta": _load_meta}[fmt](path)
+    args, sd, origin, info = {"camelid": _load_camelid, "hf": _load_hf, "meta": _load_meta}[fmt](path)
     sd = {k: v for k, v in sd.items() if not IGNORED_KEYS.search(k)}
     with torch.device("meta"):
-        expected = {k: v.shape for k, v in Transformer(args).state_dict().items()}
+        expected = {k: v.shape for k, v in model_class(info["kind"])(args).state_dict().items()}
     missing = sorted(set(expected) - set(sd))
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -446,21 +469,24 @@ def load_state_dict(path: str | os.PathLike) -> tuple[ModelArgs, dict[str, torch
                                   f"expected {list(shape)} from the checkpoint's config")
         if not sd[name].is_floating_point():
             raise CheckpointError(f"{origin[name]}: tensor {name!r} has dtype {sd[name].dtype}, expected floating point")
-    return args, sd
+    return args, sd, info
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
                dtype: torch.dtype | None = None) -> Transformer:
-    """Load a camelid, Hugging Face or Meta checkpoint directory into a `Transformer`.
+    """Load a camelid, Hugging Face or Meta checkpoint directory into a `Transformer` (or a
+    `RewardModel`, when the checkpoint is one).
 
     dtype None keeps the stored precision. The model is built on the meta device and takes the loaded
     tensors as its parameters, so no memory is spent on a throwaway initialisation.
     """
-    args, sd = load_state_dict(path)
+    args, sd, info = load_state_dict(path)
     sd = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in sd.items()}
     with torch.device("meta"):
-        model = Transformer(args)
+        model = model_class(info["kind"])(args)
     model.load_state_dict(sd, strict=True, assign=True)
+    if info.get("calibration"):
+        model.calibration = dict(info["calibration"])
     tok = Path(path) / TOKENIZER_FILE
     model.tokenizer_path = str(tok) if tok.exists() else None
     return model.eval()
@@ -469,27 +495,32 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
 def save_model(model: Transformer, path: str | os.PathLike, format: str = "camelid",
                tokenizer_path: str | os.PathLike | None = None, dtype: torch.dtype | None = None,
                shards: int = 1, max_shard_bytes: int = 5 * 2**30) -> Path:
-    """Write `model` to directory `path` atomically (the old content stays until the new one is complete).
+    """Write `model` (a Transformer or RewardModel) to directory `path` atomically (the old content stays
+    until the new one is complete).
 
-    format: "camelid", "hf" (loads in `transformers.LlamaForCausalLM.from_pretrained`) or "meta"
-    (`shards` model-parallel files). The tokenizer (`tokenizer_path`, or the one the model was loaded
-    with) is copied beside the weights.
+    format: "camelid", "hf" (loads in `transformers.LlamaForCausalLM.from_pretrained`, or
+    LlamaForSequenceClassification for a reward model) or "meta" (`shards` model-parallel files). The
+    tokenizer (`tokenizer_path`, or the one the model was loaded with) is copied beside the weights.
     """
     if format not in ("camelid", "hf", "meta"):
         raise CheckpointError(f"unknown checkpoint format {format!r}; use camelid, hf or meta")
     sd = {k: v.detach().to("cpu", dtype=dtype or v.dtype) for k, v in _plain_state_dict(model).items()}
+    info = {"kind": getattr(model, "kind", "lm"), "calibration": getattr(model, "calibration", None)}
     return save_state_dict(sd, model.args, path, format, tokenizer_path or getattr(model, "tokenizer_path", None),
-                           shards=shards, max_shard_bytes=max_shard_bytes)
+                           shards=shards, max_shard_bytes=max_shard_bytes, info=info)
 
 
 def save_state_dict(sd, args: ModelArgs, path, format="camelid", tokenizer_path=None, shards=1,
-                    max_shard_bytes=5 * 2**30) -> Path:
+                    max_shard_bytes=5 * 2**30, info: dict | None = None) -> Path:
     path = Path(path)
+    info = info or {"kind": "reward" if "reward_head.weight" in sd else "lm"}
+    if format == "meta" and info.get("kind") == "reward":
+        raise CheckpointError("Meta's format has no reward models; save as camelid or hf")
     with atomic_dir(path) as tmp:
         if format == "camelid":
-            _save_camelid(sd, args, tmp)
+            _save_camelid(sd, args, tmp, info)
         elif format == "hf":
-            _save_hf(sd, args, tmp, max_shard_bytes)
+            _save_hf(sd, args, tmp, max_shard_bytes, info)
         else:
             _save_meta(sd, args, tmp, shards)
         if tokenizer_path:
@@ -509,11 +540,11 @@ def _plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def convert(src, dst, to: str, dtype: torch.dtype | None = None, shards: int = 1) -> Path:
-    args, sd = load_state_dict(src)
+    args, sd, info = load_state_dict(src)
     if dtype is not None:
         sd = {k: v.to(dtype) for k, v in sd.items()}
     tok = Path(src) / TOKENIZER_FILE
-    return save_state_dict(sd, args, dst, to, tok if tok.exists() else None, shards=shards)
+    return save_state_dict(sd, args, dst, to, tok if tok.exists() else None, shards=shards, info=info)
 
 
 # ------------------------------------------------------------------------------------------------------- CLI

@@ -1,0 +1,382 @@
+"""Reward models (Llama-2 §3.2.2) on the shared training loop: `camelid rm`.
+
+`camelid rm --model SFT_CKPT --data FILE_OR_NAME --kind helpful|safety --margin none|small|large`
+
+* The model: the SFT checkpoint with its next-token head replaced by a scalar head (RewardModel).
+* The loss: -log sigmoid(r_chosen - r_rejected - m(rating)), summed over pairs and divided by the pairs
+  of the whole global batch; margins from Llama-2 Table 27 (`--margin`).
+* Defaults (configs/rm.toml): one epoch, peak LR 1e-5 with cosine to 10%, warmup 3% of the steps (at
+  least 5), 512 pairs per batch through accumulation.
+* Data: JSONL pairs (camelid.data.preferences) or `proving-ground`: pairs of answers sampled from the
+  SFT model (and the base model, with --base) rated by the proving ground's judges.
+
+The run directory gets config.toml, metrics.jsonl, checkpoints/, model/ (the reward model, with its
+calibration), rm_report.json (held-out accuracy per rating, Llama-2 Table 8 layout) and scores.png.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from camelid.config import CheckpointConfig, ConfigError, LogConfig, ModelConfig, TrainConfig, load_config, \
+    resolve_config_path
+from camelid.data.preferences import PreferencePair, load_pairs, pairs_hash, proving_ground_pairs, rating_counts, \
+    save_pairs
+from camelid.errors import CamelidError
+from camelid.fsutil import atomic_write_json, atomic_write_text
+from camelid.reward_model import MARGINS, RATINGS, RewardModel, ranking_loss
+from camelid.train.loop import DistInfo, Trainer, resolve_device
+
+PROVING_GROUND = "proving-ground"
+
+
+@dataclass
+class RMSection:
+    data: str = PROVING_GROUND  # JSONL pairs or "proving-ground"
+    val_data: str = ""  # held-out JSONL pairs; default: the proving ground's test split, or 5% of data
+    kind: str = "helpful"  # helpful | safety
+    margin: str = "none"  # none | small | large (Llama-2 Table 27)
+    epochs: float = 1.0
+    batch_pairs: int = 512
+    warmup_fraction: float = 0.03  # of the steps, at least min_warmup
+    min_warmup: int = 5
+    max_len: int = 0  # tokens per sequence; 0: the model's context
+    seed: int = 0
+    base_model: str = ""  # proving ground: also sample answers from this (pre-trained) model
+    prompts: int = 1500  # proving ground: training prompts
+    val_prompts: int = 300  # proving ground: held-out prompts
+    samples: int = 2  # proving ground: answers sampled per prompt per model
+    temperature: float = 1.0
+    skip_bad: bool = False
+
+
+@dataclass
+class RMConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    rm: RMSection = field(default_factory=RMSection)
+
+    def to_dict(self) -> dict:
+        import dataclasses
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        from camelid.config import to_toml
+        return to_toml(self.to_dict())
+
+
+RM_DEFAULTS = {"train": {"lr": 1e-5, "min_lr_ratio": 0.1, "weight_decay": 0.1, "micro_batch": 8},
+               "log": {"every": 5}, "checkpoint": {"every": 0, "keep": 1}}
+
+
+def load_rm_config(path=None, overrides=None) -> RMConfig:
+    cfg = load_config(resolve_config_path(path) if path else None, overrides, cls=RMConfig,
+                      defaults=copy.deepcopy(RM_DEFAULTS))
+    r = cfg.rm
+    if r.kind not in ("helpful", "safety"):
+        raise ConfigError(f"rm.kind: must be helpful or safety, got {r.kind!r}")
+    if r.margin not in MARGINS:
+        raise ConfigError(f"rm.margin: must be none, small or large, got {r.margin!r}")
+    if r.batch_pairs % cfg.train.micro_batch:
+        raise ConfigError(f"rm.batch_pairs: {r.batch_pairs} is not a multiple of train.micro_batch {cfg.train.micro_batch}")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------------ data
+
+def encode_pair(tokenizer, pair: PreferencePair, max_len: int) -> tuple[list[int], list[int]]:
+    from camelid.chat_format import encode_dialog_with_mask
+
+    out = []
+    for answer in (pair.chosen, pair.rejected):
+        ids, _ = encode_dialog_with_mask(tokenizer, pair.prompt + [{"role": "assistant", "content": answer}])
+        out.append(ids[-max_len:])  # the score is read at the end: drop the oldest context first
+    return out[0], out[1]
+
+
+class PairData:
+    """Encoded pairs as a loop Dataset: sample g is pair perm_e[g % N] of epoch e = g // N."""
+
+    def __init__(self, pairs: list[PreferencePair], tokenizer, max_len: int, margin: str, seed: int = 0):
+        self.pairs = pairs
+        self.encoded = [encode_pair(tokenizer, p, max_len) for p in pairs]
+        self.margins = torch.tensor([MARGINS[margin][p.rating] for p in pairs])
+        self.rating_ids = torch.tensor([RATINGS.index(p.rating) for p in pairs])
+        self.seed, self.margin, self.hash = seed, margin, pairs_hash(pairs)
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            self._perms[epoch] = torch.randperm(len(self), generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+        return self._perms[epoch]
+
+    def batch(self, idx: list[int]) -> dict:
+        seqs = [self.encoded[i][0] for i in idx] + [self.encoded[i][1] for i in idx]
+        T = max(len(s) for s in seqs)
+        tokens = torch.zeros(len(seqs), T, dtype=torch.long)
+        mask = torch.zeros(len(seqs), T, dtype=torch.bool)
+        for r, s in enumerate(seqs):
+            tokens[r, :len(s)] = torch.tensor(s)
+            mask[r, :len(s)] = True
+        return {"tokens": tokens, "mask": mask, "margin": self.margins[idx], "rating": self.rating_ids[idx]}
+
+    def fetch(self, indices) -> dict:
+        n = len(self)
+        return self.batch([int(self._perm(g // n)[g % n]) for g in indices])
+
+    def state_dict(self) -> dict:
+        return {"kind": "preference-pairs", "pairs": len(self), "hash": self.hash, "seed": self.seed,
+                "margin": self.margin}
+
+
+class RankingObjective:
+    """Llama-2's binary ranking loss with a margin; the loss is a sum over pairs."""
+
+    def count_targets(self, batch: dict) -> int:
+        return int(batch["margin"].numel())
+
+    def __call__(self, model, batch: dict):
+        scores = model(batch["tokens"], mask=batch["mask"])
+        n = batch["margin"].numel()
+        chosen, rejected = scores[:n], scores[n:]
+        loss = ranking_loss(chosen, rejected, batch["margin"].to(scores.dtype))
+        return loss, {"accuracy": (chosen > rejected).float().mean().item(),
+                      "margin_gap": (chosen - rejected).mean().item()}
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def score_pairs(model, data: PairData, micro_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    device = next(model.parameters()).device
+    chosen, rejected = [], []
+    for start in range(0, len(data), micro_batch):
+        idx = list(range(start, min(start + micro_batch, len(data))))
+        b = data.batch(idx)
+        s = model(b["tokens"].to(device), mask=b["mask"].to(device)).cpu()
+        chosen.append(s[:len(idx)])
+        rejected.append(s[len(idx):])
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def accuracy_by_rating(chosen: torch.Tensor, rejected: torch.Tensor, pairs: list[PreferencePair]) -> dict:
+    """Llama-2 Table 8 layout: accuracy per rating level, and over all pairs ("average")."""
+    right = (chosen > rejected).float()
+    out = {}
+    for r in RATINGS:
+        sel = torch.tensor([p.rating == r for p in pairs])
+        out[r] = right[sel].mean().item() if sel.any() else None
+    out["average"] = right.mean().item() if len(right) else None
+    return out
+
+
+def fit_calibration(scores: torch.Tensor, labels: torch.Tensor, steps: int = 200) -> dict:
+    """Platt scaling: scale, bias with sigmoid(scale * score + bias) ~ P(label = 1)."""
+    if labels.min() == labels.max():
+        return {"scale": 1.0, "bias": 0.0, "fitted_on": 0}
+    a = torch.ones((), requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([a, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(a * scores + b, labels.float())
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return {"scale": a.item(), "bias": b.item(), "fitted_on": len(scores)}
+
+
+def calibration_data(chosen, rejected, pairs) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Each response's score with its judge label (score >= 0.5), where the pairs carry judge scores."""
+    xs, ys = [], []
+    for c, r, p in zip(chosen.tolist(), rejected.tolist(), pairs):
+        if "chosen" in p.scores:
+            xs += [c, r]
+            ys += [p.scores["chosen"] >= 0.5, p.scores["rejected"] >= 0.5]
+    return (torch.tensor(xs), torch.tensor(ys)) if xs else None
+
+
+def format_table(acc: dict, title: str = "") -> str:
+    head = ["Significantly Better", "Better", "Slightly Better", "Negligibly Better / Unsure", "Avg"]
+    vals = [acc.get(r) for r in RATINGS] + [acc.get("average")]
+    cells = [("-" if v is None else f"{100 * v:.1f}") for v in vals]
+    width = [max(len(h), len(c)) for h, c in zip(head, cells)]
+    line = " | ".join(h.rjust(w) for h, w in zip(head, width))
+    return (title + "\n" if title else "") + line + "\n" + " | ".join(c.rjust(w) for c, w in zip(cells, width))
+
+
+def plot_scores(chosen: torch.Tensor, rejected: torch.Tensor, out: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    lo, hi = float(min(chosen.min(), rejected.min())), float(max(chosen.max(), rejected.max()))
+    bins = torch.linspace(lo, hi + 1e-6, 41).tolist()
+    ax.hist(chosen.tolist(), bins=bins, alpha=0.6, label="chosen", color="C2")
+    ax.hist(rejected.tolist(), bins=bins, alpha=0.6, label="rejected", color="C3")
+    ax.set_xlabel("reward score")
+    ax.set_ylabel("responses")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- stage
+
+def get_pairs(cfg: RMConfig, run_dir: Path, tokenizer, lm) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """(train, held-out) pairs; proving-ground pairs are generated once and cached in the run directory."""
+    r = cfg.rm
+    if r.data != PROVING_GROUND:
+        pairs = load_pairs(r.data, r.skip_bad)
+        if r.val_data:
+            return pairs, load_pairs(r.val_data, r.skip_bad)
+        n_val = max(1, len(pairs) // 20)
+        return pairs[n_val:], pairs[:n_val]
+    cache = {split: run_dir / f"pairs_{split}.jsonl" for split in ("train", "test")}
+    key = hashlib.sha256(json.dumps([r.kind, r.prompts, r.val_prompts, r.samples, r.temperature, r.seed,
+                                     r.base_model, cfg.model.init_from]).encode()).hexdigest()[:16]
+    key_file = run_dir / "pairs.key"
+    if all(p.exists() for p in cache.values()) and key_file.exists() and key_file.read_text() == key:
+        return load_pairs(cache["train"]), load_pairs(cache["test"])
+    from camelid.checkpoint import load_model
+
+    models = [lm]
+    if r.base_model:
+        models.append(load_model(r.base_model, dtype=torch.float32))
+    t0 = time.perf_counter()
+    train = proving_ground_pairs(models, tokenizer, r.kind, "train", r.prompts, seed=r.seed, samples=r.samples,
+                                 temperature=r.temperature)
+    test = proving_ground_pairs(models, tokenizer, r.kind, "test", r.val_prompts, seed=r.seed + 10_000,
+                                samples=r.samples, temperature=r.temperature)
+    for split, pairs in (("train", train), ("test", test)):
+        save_pairs(pairs, cache[split])
+    atomic_write_text(key_file, key)
+    print(f"rm data: {len(train):,} train / {len(test):,} held-out {r.kind} pairs from the proving ground in "
+          f"{time.perf_counter() - t0:.0f}s; ratings {rating_counts(train)}")
+    return train, test
+
+
+def train_reward_model(cfg: RMConfig, run_dir: str | Path, resume: bool = False) -> dict:
+    from camelid.checkpoint import load_model, save_model
+    from camelid.tokenizer import Tokenizer
+    from camelid.train.pretrain import prepare_run_dir
+
+    run_dir = Path(run_dir)
+    prepare_run_dir(run_dir, resume)
+    r, t = cfg.rm, cfg.train
+    if not cfg.model.init_from:
+        raise ConfigError("model.init_from: which SFT model to start from? pass --model CKPT")
+    device = resolve_device(t.device)
+    lm = load_model(cfg.model.init_from, device=device, dtype=torch.float32)
+    if not getattr(lm, "tokenizer_path", None):
+        raise CamelidError(f"{cfg.model.init_from}: no tokenizer.model beside the weights")
+    tok = Tokenizer(lm.tokenizer_path)
+    train_pairs, val_pairs = get_pairs(cfg, run_dir, tok, lm)
+    if not train_pairs:
+        raise CamelidError("no training pairs (every candidate answer scored the same)")
+    torch.manual_seed(t.seed)
+    model = lm if isinstance(lm, RewardModel) else RewardModel.from_lm(lm)
+    max_len = r.max_len or model.args.max_seq_len
+    data = PairData(train_pairs, tok, max_len, r.margin, seed=r.seed)
+    val = PairData(val_pairs, tok, max_len, r.margin, seed=r.seed) if val_pairs else None
+
+    dist_info = DistInfo.current()
+    per_step = t.micro_batch * dist_info.dp_world
+    batch = min(r.batch_pairs, max(per_step, (len(data) // per_step) * per_step))  # small data: one batch at most
+    if batch % per_step:
+        raise ConfigError(f"rm.batch_pairs: {batch} is not a multiple of micro_batch x ranks = {per_step}")
+    accum = batch // per_step
+    steps = t.max_steps or max(1, math.ceil(r.epochs * len(data) / batch))
+    t.warmup_steps = max(r.min_warmup, math.ceil(r.warmup_fraction * steps))  # Llama-2: 3% of steps, at least 5
+    t.batch_tokens = batch * max_len
+    if dist_info.rank == 0:
+        atomic_write_text(run_dir / "config.toml", cfg.to_toml())
+
+    def evaluate(m) -> dict:
+        c, rj = score_pairs(m, val, t.micro_batch)
+        acc = accuracy_by_rating(c, rj, val.pairs)
+        loss = ranking_loss(c, rj, val.margins, reduction="mean").item()
+        return {"loss": loss, "accuracy": acc["average"], "accuracy_by_rating": acc}
+
+    trainer = Trainer(model=model, objective=RankingObjective(), data=data, cfg=cfg, run_dir=run_dir,
+                      total_steps=steps, accum=accum, dist_info=dist_info, evaluate=evaluate if val else None,
+                      stage=f"rm-{r.kind}", model_args=model.args,
+                      extra_state={"model_args": model.args.to_dict(), "tokenizer": str(lm.tokenizer_path)})
+    resumed = trainer.resume() if resume else False
+    print(f"rm ({r.kind}, margin {r.margin}): {len(data):,} pairs, {steps} steps of {batch} pairs "
+          f"({t.micro_batch} x {accum} accumulation), lr {t.lr:g}, warmup {t.warmup_steps}"
+          + (f"; resumed at step {trainer.step}" if resumed else ""))
+    start = time.perf_counter()
+    trainer.fit()
+    seconds = time.perf_counter() - start
+    report = {"kind": r.kind, "margin": r.margin, "train_pairs": len(data), "seconds": seconds,
+              "ratings_train": rating_counts(train_pairs)}
+    model.eval()
+    if val is not None:
+        c, rj = score_pairs(model, val, t.micro_batch)
+        report["accuracy"] = accuracy_by_rating(c, rj, val.pairs)
+        report["val_pairs"] = len(val)
+        report["ratings_val"] = rating_counts(val_pairs)
+        cal = calibration_data(c, rj, val.pairs)
+        if cal is not None:
+            model.calibration = fit_calibration(*cal)
+            report["calibration"] = model.calibration
+        report["scores_plot"] = str(plot_scores(c, rj, run_dir / "scores.png",
+                                                f"{r.kind} reward model: held-out scores"))
+    if dist_info.rank == 0:
+        save_model(model, run_dir / "model", tokenizer_path=lm.tokenizer_path)
+        atomic_write_json(run_dir / "rm_report.json", report)
+    return report
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+def add_arguments(p) -> None:
+    p.description = ("Train a helpfulness or safety reward model (Llama-2 §3.2.2) from an SFT checkpoint: scalar "
+                     "head, ranking loss with a rating margin, one epoch, LR 1e-5 cosine to 10%, warmup 3%, 512 "
+                     "pairs per batch. Prints held-out accuracy per rating (Table 8 layout).")
+    p.add_argument("--model", help="SFT checkpoint to start from")
+    p.add_argument("--data", default=None, help="JSONL preference pairs, or 'proving-ground'")
+    p.add_argument("--kind", choices=["helpful", "safety"], default=None)
+    p.add_argument("--margin", choices=["none", "small", "large"], default=None)
+    p.add_argument("--base", default=None, help="proving ground: a base model whose answers join the candidates")
+    p.add_argument("--config", default=None, help="recipe file or name (default: rm)")
+    p.add_argument("--out", default="runs/rm", help="run directory")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def run(args) -> int:
+    over = [f"{k}={v}" for k, v in (("model.init_from", args.model), ("rm.data", args.data), ("rm.kind", args.kind),
+                                    ("rm.margin", args.margin), ("rm.base_model", args.base),
+                                    ("train.max_steps", args.max_steps)) if v is not None]
+    saved = Path(args.out) / "config.toml"
+    path = args.config or (saved if args.resume and saved.exists() else "rm")
+    cfg = load_rm_config(path, over + list(args.overrides))
+    report = train_reward_model(cfg, args.out, resume=args.resume)
+    if "accuracy" in report:
+        print(format_table(report["accuracy"], f"held-out accuracy (%) of the {cfg.rm.kind} reward model, "
+                                               f"margin {cfg.rm.margin}:"))
+    print(f"reward model: {Path(args.out) / 'model'}; report: {Path(args.out) / 'rm_report.json'}")
+    return 0

@@ -1,0 +1,168 @@
+"""Reward models: the ranking loss on exact tensors, padding invariance, the combination rule, checkpoints."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from camelid.checkpoint import load_model, save_model
+from camelid.data.preferences import load_pairs, rating_for_gap
+from camelid.errors import CamelidError
+from camelid.model import ModelArgs, Transformer
+from camelid.reward_model import MARGINS, RewardModel, combined_reward, ranking_loss, whiten
+from camelid.train.reward import accuracy_by_rating, fit_calibration
+
+ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, ffn_hidden_dim=128, max_seq_len=64)
+
+
+def test_margin_tables_are_llama2s():
+    assert MARGINS["small"] == {"significantly_better": 1.0, "better": 2 / 3, "slightly_better": 1 / 3,
+                                "negligibly_better": 0.0}
+    assert MARGINS["large"] == {"significantly_better": 3.0, "better": 2.0, "slightly_better": 1.0,
+                                "negligibly_better": 0.0}
+
+
+@pytest.mark.parametrize("table", ["none", "small", "large"])
+def test_ranking_loss_exact(table):
+    chosen = torch.tensor([2.0, 0.5, -1.0, 0.25])
+    rejected = torch.tensor([0.0, 1.0, -3.0, 0.25])
+    ratings = ["significantly_better", "better", "slightly_better", "negligibly_better"]
+    m = torch.tensor([MARGINS[table][r] for r in ratings])
+    expected = sum(-math.log(1 / (1 + math.exp(-(c - r - mm))))
+                   for c, r, mm in zip(chosen.tolist(), rejected.tolist(), m.tolist()))
+    assert ranking_loss(chosen, rejected, m).item() == pytest.approx(expected, rel=1e-6)
+    # hand-computed anchor: with no margin and equal scores the loss is log 2 per pair
+    assert ranking_loss(torch.zeros(3), torch.zeros(3)).item() == pytest.approx(3 * math.log(2))
+
+
+def test_ranking_loss_large_margin_by_hand():
+    # chosen 2, rejected 0, margin 3 (significantly better, large): -log sigmoid(-1) = log(1 + e)
+    loss = ranking_loss(torch.tensor([2.0]), torch.tensor([0.0]), torch.tensor([3.0]))
+    assert loss.item() == pytest.approx(math.log(1 + math.e), rel=1e-6)
+
+
+def test_score_ignores_padding_side_and_amount():
+    torch.manual_seed(0)
+    rm = RewardModel(ARGS).eval()
+    seqs = [torch.randint(3, 96, (n,)) for n in (9, 4, 13)]
+    alone = torch.stack([rm(s[None])[0] for s in seqs])
+    for side in ("left", "right"):
+        for T in (13, 20):
+            tokens = torch.zeros(3, T, dtype=torch.long)
+            mask = torch.zeros(3, T, dtype=torch.bool)
+            for b, s in enumerate(seqs):
+                sl = slice(T - len(s), T) if side == "left" else slice(0, len(s))
+                tokens[b, sl], mask[b, sl] = s, True
+            with torch.no_grad():
+                got = rm(tokens, mask=mask)
+            assert torch.isfinite(got).all()
+            assert (got - alone).abs().max() <= 1e-5, (side, T)
+
+
+def test_combination_rule_on_hand_made_cases():
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    helpful = torch.tensor([1.0, 2.0, -0.5, 0.7])
+    safety = torch.tensor([logit(0.9), logit(0.10), logit(0.5), logit(0.9)])
+    is_safety = torch.tensor([False, False, False, True])
+    got = combined_reward(helpful, safety, is_safety)
+    # 1: safe enough, not a safety prompt -> helpful; 2: safety prob 0.10 < 0.15 -> safety;
+    # 3: prob 0.5 -> helpful; 4: a safety prompt -> safety, however helpful
+    assert got.tolist() == pytest.approx([1.0, logit(0.10), -0.5, logit(0.9)])
+    w = whiten(got)
+    assert w.mean().abs() < 1e-6 and w.std(unbiased=False) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_accuracy_by_rating_table():
+    from camelid.data.preferences import PreferencePair
+
+    pairs = [PreferencePair([], "a", "b", r) for r in
+             ["significantly_better", "significantly_better", "better", "slightly_better"]]
+    acc = accuracy_by_rating(torch.tensor([1.0, -1.0, 2.0, 0.0]), torch.tensor([0.0, 0.0, 1.0, 1.0]), pairs)
+    assert acc == {"significantly_better": 0.5, "better": 1.0, "slightly_better": 0.0, "negligibly_better": None,
+                   "average": 0.5}
+
+
+def test_calibration_recovers_a_known_scale():
+    torch.manual_seed(0)
+    s = torch.randn(4000) * 2
+    labels = torch.rand(4000) < torch.sigmoid(1.5 * s - 0.5)
+    cal = fit_calibration(s, labels)
+    assert cal["scale"] == pytest.approx(1.5, abs=0.2) and cal["bias"] == pytest.approx(-0.5, abs=0.2)
+
+
+def test_rating_for_gap():
+    assert [rating_for_gap(g) for g in (1.0, 0.6, 0.3, 0.1, 0.0)] == \
+        ["significantly_better", "better", "slightly_better", "negligibly_better", None]
+
+
+@pytest.mark.parametrize("fmt", ["camelid", "hf"])
+def test_reward_model_checkpoints(tmp_path, fmt):
+    torch.manual_seed(0)
+    lm = Transformer(ARGS)
+    rm = RewardModel.from_lm(lm).eval()
+    assert torch.equal(rm.layers[0].attention.wq.weight, lm.layers[0].attention.wq.weight)
+    rm.calibration = {"scale": 2.0, "bias": -0.25}
+    save_model(rm, tmp_path / fmt, format=fmt)
+    back = load_model(tmp_path / fmt)
+    assert isinstance(back, RewardModel) and back.calibration["scale"] == 2.0
+    x = torch.randint(3, 96, (2, 11))
+    with torch.no_grad():
+        assert (back(x) - rm(x)).abs().max() <= 1e-5
+    if fmt == "hf":
+        transformers = pytest.importorskip("transformers")
+        hf = transformers.LlamaForSequenceClassification.from_pretrained(tmp_path / fmt).eval()
+        with torch.no_grad():
+            assert (hf(input_ids=x).logits.squeeze(-1) - rm(x)).abs().max() <= 1e-4
+    with pytest.raises(CamelidError, match="no reward models"):
+        save_model(rm, tmp_path / "meta", format="meta")
+
+
+def test_preference_jsonl_layouts_and_errors(tmp_path):
+    f = tmp_path / "p.jsonl"
+    rows = [
+        {"prompt": "Say hi", "chosen": "Hi!", "rejected": "No.", "rating": "better"},
+        {"messages": [{"role": "user", "content": "2+2?"}], "chosen": "4", "rejected": "5", "rating": "unsure",
+         "is_safety": True},
+        {"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "good"}],
+         "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "bad"}]},
+        {"chosen": "\n\nHuman: hello\n\nAssistant: hi there", "rejected": "\n\nHuman: hello\n\nAssistant: go away"},
+    ]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = load_pairs(f)
+    assert [p.rating for p in pairs] == ["better", "negligibly_better", "negligibly_better", "negligibly_better"]
+    assert pairs[1].is_safety and pairs[3].prompt == [{"role": "user", "content": "hello"}]
+    assert pairs[3].chosen == "hi there" and pairs[2].rejected == "bad"
+    f.write_text(json.dumps(rows[0]) + "\n{not json\n")
+    with pytest.raises(CamelidError, match=r"p.jsonl:2: invalid JSON"):
+        load_pairs(f)
+    assert len(load_pairs(f, skip_bad=True)) == 1
+    f.write_text(json.dumps({"prompt": "x", "chosen": "a"}) + "\n")
+    with pytest.raises(CamelidError, match=r"p.jsonl:1: missing key 'rejected'"):
+        load_pairs(f)
+    f.write_text(json.dumps({"prompt": "x", "chosen": "a", "rejected": "b", "rating": "awesome"}) + "\n")
+    with pytest.raises(CamelidError, match=r"p.jsonl:1: unknown rating 'awesome'"):
+        load_pairs(f)
+
+
+def test_rm_stage_end_to_end(smoke_run, tmp_path):
+    """`camelid rm` on the proving ground: pairs generated and rated, the loop trains, the report and model land."""
+    from tests.conftest import camelid
+
+    model = smoke_run[0] / "pretrain" / "model"
+    r = camelid("rm", "--model", model, "--data", "proving-ground", "--kind", "helpful", "--margin", "large",
+                "--out", tmp_path / "rm", "--set", "rm.prompts=40", "--set", "rm.val_prompts=24",
+                "--set", "rm.batch_pairs=16", "--set", "log.progress=false", "--set", "rm.samples=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Significantly Better" in r.stdout
+    report = json.loads((tmp_path / "rm" / "rm_report.json").read_text())
+    assert set(report["accuracy"]) == {"significantly_better", "better", "slightly_better", "negligibly_better",
+                                       "average"}
+    assert (tmp_path / "rm" / "scores.png").stat().st_size > 5000
+    rm = load_model(tmp_path / "rm" / "model")
+    assert isinstance(rm, RewardModel) and "scale" in rm.calibration
+    rows = [json.loads(x) for x in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
+    assert any("accuracy" in x for x in rows if "split" not in x)
+    # warmup: 3% of the steps, at least 5
+    cfg = (tmp_path / "rm" / "config.toml").read_text()
+    assert "warmup_steps = 5" in cfg
