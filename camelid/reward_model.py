@@ -44,18 +44,22 @@ class RewardModel(Transformer):
         rm.tokenizer_path = getattr(lm, "tokenizer_path", None)
         return rm
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens [B, T] with mask [B, T] (True = real token; padding on either side) -> scores [B] fp32."""
+    def token_scores(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The head at every position [B, T] fp32 (PPO's value model reads all of them)."""
         if mask is None:
             mask = torch.ones_like(tokens, dtype=torch.bool)
         mask = mask.bool()
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)
-        hidden = self.hidden(tokens, positions=positions, mask=mask)
-        T = tokens.shape[1]
-        # index of the last real token of each row (any padding side)
-        last = (torch.arange(T, device=tokens.device) * mask).argmax(1)
-        h = hidden[torch.arange(tokens.shape[0], device=tokens.device), last]
-        return self.reward_head(h).squeeze(-1).float()
+        return self.reward_head(self.hidden(tokens, positions=positions, mask=mask)).squeeze(-1).float()
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, T] with mask [B, T] (True = real token; padding on either side) -> scores [B] fp32,
+        read at each row's last real token."""
+        if mask is None:
+            mask = torch.ones_like(tokens, dtype=torch.bool)
+        scores = self.token_scores(tokens, mask)
+        last = (torch.arange(tokens.shape[1], device=tokens.device) * mask.bool()).argmax(1)
+        return scores[torch.arange(tokens.shape[0], device=tokens.device), last]
 
     def calibrated_logit(self, scores: torch.Tensor) -> torch.Tensor:
         return self.calibration["scale"] * scores + self.calibration["bias"]

@@ -131,6 +131,7 @@ class Trainer:
             raise CamelidError(f"{path}: global batch was {state['samples_per_step']} samples per step, now "
                                f"{self.samples_per_step}; keep train.batch_tokens and micro_batch x ranks consistent")
         self.step, self.tokens, self.bad_steps = state["step"], state["tokens"], state.get("bad_steps", 0)
+        self.resumed_state = state  # the whole trainer_state.json, for a stage's own extra state
         return True
 
     def save(self) -> Path:

@@ -1,0 +1,391 @@
+"""PPO (Llama-2 §3.2.3): `camelid ppo --policy CKPT --reward-helpful RM --reward-safety RM --prompts ...`
+
+Each iteration samples answers from the policy with the batched engine, scores them with the combined
+reward (eq. 4), whitens logit(R_c), subtracts beta * KL(pi || pi_ref) per token (eq. 6), estimates
+advantages with GAE, and takes one gradient step per minibatch on the clipped surrogate (0.2) plus a
+clipped value loss. The policy and the value model (initialised from the helpfulness RM) train
+together as one module on the shared loop, which supplies accumulation, the loss normalisation by the
+response tokens of the whole minibatch, clipping, NaN skipping, checkpoints and resume. The reference
+policy and both reward models are frozen and kept out of autograd. Early stopping watches the
+combined reward on held-out prompts; the best policy is the result.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from camelid.config import CheckpointConfig, ConfigError, LogConfig, ModelConfig, TrainConfig, load_config, \
+    resolve_config_path
+from camelid.errors import CamelidError
+from camelid.fsutil import atomic_write_json, atomic_write_text
+from camelid.reward_model import RewardModel, whiten
+from camelid.rlhf.ppo_math import entropy, gae, kl_per_token, masked_whiten, penalized_rewards, policy_loss, \
+    token_logprobs, value_loss
+from camelid.rlhf.rewards import Prompt, RewardScorer, load_prompts
+from camelid.train.loop import Trainer, resolve_device
+from camelid.train.metrics import MetricsLog
+
+
+@dataclass
+class PPOSection:
+    reward_helpful: str = ""
+    reward_safety: str = ""  # empty: helpfulness reward alone
+    prompts: str = "proving-ground"
+    eval_prompts: str = ""  # default: the proving ground's test split (or the prompts file)
+    iterations: int = 200  # Llama-2: 200-400, with early stopping
+    rollout_batch: int = 512  # sequences per iteration (Llama-2's batch)
+    minibatch: int = 64  # sequences per gradient step; one step per minibatch
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    beta: float = -1.0  # KL penalty; -1: Llama-2's 0.01 up to 13B parameters, 0.005 above
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip: float = 0.2
+    value_clip: float = 0.2
+    vf_coef: float = 0.1
+    eval_every: int = 5  # iterations between held-out evaluations (early stopping)
+    eval_n: int = 64
+    patience: int = 3  # evaluations without improvement before stopping (0: never stop early)
+    seed: int = 0
+
+
+@dataclass
+class PPOConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)  # model.init_from: the policy (SFT or RS checkpoint)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    ppo: PPOSection = field(default_factory=PPOSection)
+
+    def to_dict(self) -> dict:
+        import dataclasses
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        from camelid.config import to_toml
+        return to_toml(self.to_dict())
+
+
+# Llama-2: AdamW (0.9, 0.95, eps 1e-5), weight decay 0.1, clipping 1.0, constant LR 1e-6.
+PPO_DEFAULTS = {"train": {"lr": 1e-6, "schedule": "constant", "warmup_steps": 0, "weight_decay": 0.1,
+                          "micro_batch": 8, "dtype": "fp32"},
+                "log": {"every": 1}, "checkpoint": {"every": 0, "keep": 1}}
+
+
+def load_ppo_config(path=None, overrides=None) -> PPOConfig:
+    cfg = load_config(resolve_config_path(path) if path else None, overrides, cls=PPOConfig,
+                      defaults=copy.deepcopy(PPO_DEFAULTS))
+    p = cfg.ppo
+    if p.rollout_batch % p.minibatch:
+        raise ConfigError(f"ppo.rollout_batch: {p.rollout_batch} is not a multiple of ppo.minibatch {p.minibatch}")
+    if p.minibatch % cfg.train.micro_batch:
+        raise ConfigError(f"ppo.minibatch: {p.minibatch} is not a multiple of train.micro_batch {cfg.train.micro_batch}")
+    return cfg
+
+
+def default_beta(n_params: int) -> float:
+    return 0.01 if n_params <= 13.5e9 else 0.005
+
+
+class ActorCritic(nn.Module):
+    """The two trained models as one module: one optimizer, one clipping, one checkpoint."""
+
+    def __init__(self, policy: nn.Module, value: RewardModel):
+        super().__init__()
+        self.policy, self.value = policy, value
+
+
+def batch_positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.long().cumsum(1) - 1).clamp(min=0)
+
+
+class Rollouts:
+    """One iteration's experience as a loop Dataset. Sample g of the run is row g - base of this buffer."""
+
+    def __init__(self, batch: dict, base: int):
+        self.batch, self.base = batch, base
+
+    def fetch(self, indices) -> dict:
+        idx = torch.tensor([g - self.base for g in indices])
+        return {k: v[idx] for k, v in self.batch.items()}
+
+    def state_dict(self) -> dict:
+        return {"kind": "ppo-rollouts"}
+
+
+class PPOObjective:
+    def __init__(self, clip: float, value_clip: float, vf_coef: float):
+        self.clip, self.value_clip, self.vf_coef = clip, value_clip, vf_coef
+
+    def count_targets(self, batch: dict) -> int:
+        return int(batch["rmask"].sum())
+
+    def __call__(self, model: ActorCritic, batch: dict):
+        inp, mask, rmask = batch["input"], batch["mask"], batch["rmask"]
+        pos = batch_positions(mask)
+        logits = model.policy(inp, positions=pos, mask=mask)
+        logp = token_logprobs(logits, batch["target"])
+        pl, stats = policy_loss(logp, batch["logp_old"], batch["adv"], rmask, self.clip)
+        values = model.value.token_scores(inp, mask)
+        vl = value_loss(values, batch["values_old"], batch["returns"], rmask, self.value_clip)
+        n = rmask.float().sum().clamp(min=1)
+        with torch.no_grad():
+            ent = (entropy(logits) * rmask).sum() / n
+        return pl + self.vf_coef * vl, {"policy_loss": pl.item() / n.item(), "value_loss": vl.item() / n.item(),
+                                        "entropy": ent.item(), **stats}
+
+
+@torch.no_grad()
+def sequence_logprobs(model, inp, target, mask, chunk: int = 16) -> torch.Tensor:
+    out = []
+    for i in range(0, inp.shape[0], chunk):
+        sl = slice(i, i + chunk)
+        logits = model(inp[sl], positions=batch_positions(mask[sl]), mask=mask[sl])
+        out.append(token_logprobs(logits, target[sl]))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def make_rollouts(policy, ref, value, scorer: RewardScorer, tokenizer, prompts: list[Prompt], p: PPOSection,
+                  beta: float, seed: int, device) -> tuple[dict, dict]:
+    """Sample, score and assemble one iteration's experience (everything PPO's update needs)."""
+    from camelid.chat_format import encode_dialog
+    from camelid.infer import generate
+
+    was_training = policy.training
+    policy.eval()
+    max_prompt = policy.args.max_seq_len - p.max_new_tokens
+    prompt_ids = [encode_dialog(tokenizer, pr.messages)[-max_prompt:] for pr in prompts]
+    outs = generate(policy, prompt_ids, max_new_tokens=p.max_new_tokens, temperature=p.temperature, top_p=1.0,
+                    seed=seed, stop_ids=[tokenizer.eos_id])
+    responses = [o + [tokenizer.eos_id] if len(o) < p.max_new_tokens else o for o in outs]  # learn to stop
+    texts = [tokenizer.decode([t for t in o if t != tokenizer.eos_id]) for o in outs]
+    seqs = [a + b for a, b in zip(prompt_ids, responses)]
+    L = max(len(s) for s in seqs)
+    tokens = torch.zeros(len(seqs), L, dtype=torch.long)
+    mask = torch.zeros(len(seqs), L, dtype=torch.bool)
+    resp = torch.zeros(len(seqs), L, dtype=torch.bool)
+    for r, (a, b) in enumerate(zip(prompt_ids, responses)):
+        tokens[r, :len(a) + len(b)] = torch.tensor(a + b)
+        mask[r, :len(a) + len(b)] = True
+        resp[r, len(a):len(a) + len(b)] = True
+    inp, target, imask, rmask = tokens[:, :-1], tokens[:, 1:], mask[:, :-1], resp[:, 1:]
+    inp, target, imask, rmask = (x.to(device) for x in (inp, target, imask, rmask))
+    logp_old = sequence_logprobs(policy, inp, target, imask)
+    logp_ref = sequence_logprobs(ref, inp, target, imask)
+    values_old = torch.cat([value.token_scores(inp[i:i + 16], imask[i:i + 16]) for i in range(0, len(inp), 16)])
+    scores = scorer.score(prompts, texts)
+    combined = scores["combined"].to(device)
+    rewards = penalized_rewards(whiten(combined), logp_old, logp_ref, rmask.float(), beta)
+    adv, returns = gae(rewards, values_old * rmask, rmask, p.gamma, p.lam)
+    adv = masked_whiten(adv, rmask)
+    kl = (kl_per_token(logp_old, logp_ref) * rmask).sum(1)
+    batch = {"input": inp, "target": target, "mask": imask, "rmask": rmask, "logp_old": logp_old,
+             "values_old": values_old, "adv": adv, "returns": returns}
+    stats = {"reward": combined.mean().item(), "reward_helpful": scores["helpful"].mean().item(),
+             "kl": kl.mean().item(), "response_length": rmask.float().sum(1).mean().item()}
+    if scores["safety"] is not None:
+        stats["reward_safety"] = scores["safety"].mean().item()
+    policy.train(was_training)
+    return batch, stats
+
+
+@torch.no_grad()
+def heldout_reward(policy, ref, scorer: RewardScorer, tokenizer, prompts: list[Prompt], max_new_tokens: int,
+                   device) -> dict:
+    """Mean combined reward of greedy answers on held-out prompts, and their KL to the reference."""
+    from camelid.chat_format import encode_dialog
+    from camelid.infer import generate
+
+    was = policy.training
+    policy.eval()
+    ids = [encode_dialog(tokenizer, pr.messages)[-(policy.args.max_seq_len - max_new_tokens):] for pr in prompts]
+    outs = generate(policy, ids, max_new_tokens=max_new_tokens, temperature=0.0, stop_ids=[tokenizer.eos_id])
+    texts = [tokenizer.decode(o) for o in outs]
+    scores = scorer.score(prompts, texts)
+    kl = sequence_kl(policy, ref, ids, outs, tokenizer.eos_id, device)
+    policy.train(was)
+    return {"reward": scores["combined"].mean().item(), "kl": kl}
+
+
+@torch.no_grad()
+def sequence_kl(policy, ref, prompt_ids, outs, eos_id, device) -> float:
+    """Mean over sequences of sum_t log pi(y_t) - log pi_ref(y_t) on the given answers."""
+    seqs = [a + b + [eos_id] for a, b in zip(prompt_ids, outs)]
+    L = max(len(s) for s in seqs)
+    tokens = torch.zeros(len(seqs), L, dtype=torch.long)
+    mask = torch.zeros(len(seqs), L, dtype=torch.bool)
+    resp = torch.zeros(len(seqs), L, dtype=torch.bool)
+    for r, (a, s) in enumerate(zip(prompt_ids, seqs)):
+        tokens[r, :len(s)] = torch.tensor(s)
+        mask[r, :len(s)] = True
+        resp[r, len(a):len(s)] = True
+    inp, tgt, m, rm = (x.to(device) for x in (tokens[:, :-1], tokens[:, 1:], mask[:, :-1], resp[:, 1:]))
+    diff = sequence_logprobs(policy, inp, tgt, m) - sequence_logprobs(ref, inp, tgt, m)
+    return ((diff * rm).sum(1)).mean().item()
+
+
+def frozen(model, dtype=None):
+    model = model.eval().requires_grad_(False)
+    return model.to(dtype) if dtype is not None else model
+
+
+def ppo(cfg: PPOConfig, run_dir: str | Path, resume: bool = False, scorer=None) -> dict:
+    """Run (or resume) PPO; returns the summary written to RUN_DIR/summary.json.
+
+    `scorer` replaces the reward models with any object whose `score(prompts, answers)` returns
+    {"combined": tensor, "helpful": tensor, "safety": tensor | None} (tests use a known reward)."""
+    from camelid.checkpoint import load_model, save_model
+    from camelid.tokenizer import Tokenizer
+    from camelid.train.pretrain import prepare_run_dir
+
+    run_dir = Path(run_dir)
+    prepare_run_dir(run_dir, resume)
+    p, t = cfg.ppo, cfg.train
+    if not cfg.model.init_from:
+        raise ConfigError("model.init_from: which policy to train? pass --policy CKPT")
+    if not p.reward_helpful and scorer is None:
+        raise ConfigError("ppo.reward_helpful: pass --reward-helpful RM_CKPT (and --reward-safety RM_CKPT)")
+    device = resolve_device(t.device)
+    torch.manual_seed(t.seed)
+    policy = load_model(cfg.model.init_from, device=device, dtype=torch.float32)
+    if not getattr(policy, "tokenizer_path", None):
+        raise CamelidError(f"{cfg.model.init_from}: no tokenizer.model beside the weights")
+    tok = Tokenizer(policy.tokenizer_path)
+    frozen_dtype = torch.bfloat16 if device.type == "cuda" else None  # bf16 where it is fast
+    ref = frozen(load_model(cfg.model.init_from, device=device, dtype=torch.float32), frozen_dtype)
+    if scorer is None:
+        helpful = load_model(p.reward_helpful, device=device, dtype=torch.float32)
+        safety = load_model(p.reward_safety, device=device, dtype=torch.float32) if p.reward_safety else None
+        for name, m in (("ppo.reward_helpful", helpful), ("ppo.reward_safety", safety)):
+            if m is not None and not isinstance(m, RewardModel):
+                raise ConfigError(f"{name}: {getattr(m, 'tokenizer_path', '')} is a language model, not a reward model")
+        value = copy.deepcopy(helpful).train().requires_grad_(True)  # the value model starts as the helpfulness RM
+        scorer = RewardScorer(frozen(helpful, frozen_dtype), frozen(safety, frozen_dtype) if safety else None, tok)
+    else:
+        value = RewardModel.from_lm(policy).train()
+    beta = p.beta if p.beta >= 0 else default_beta(policy.args.num_params())
+    train_prompts = load_prompts(p.prompts, "train", n=max(p.rollout_batch * 8, 512), seed=p.seed)
+    eval_prompts = load_prompts(p.eval_prompts or p.prompts, "test", n=p.eval_n, seed=p.seed + 1)[:p.eval_n]
+
+    model = ActorCritic(policy, value)
+    steps_per_iter = p.rollout_batch // p.minibatch
+    accum = p.minibatch // t.micro_batch
+    placeholder = Rollouts({}, 0)
+    trainer = Trainer(model=model, objective=PPOObjective(p.clip, p.value_clip, p.vf_coef), data=placeholder,
+                      cfg=cfg, run_dir=run_dir, total_steps=p.iterations * steps_per_iter, accum=accum, stage="ppo",
+                      model_args=policy.args,
+                      extra_state={"model_args": policy.args.to_dict(), "tokenizer": str(policy.tokenizer_path)})
+    state = {"best_reward": -math.inf, "best_iteration": -1, "bad_evals": 0, "stopped_early": False}
+    if resume and trainer.resume():
+        state.update(trainer.resumed_state.get("ppo_state", {}))
+    is_main = trainer.is_main
+    log = MetricsLog(run_dir, resume_step=trainer.step if trainer.step else None, tensorboard=cfg.log.tensorboard,
+                     enabled=is_main)
+    if is_main:
+        atomic_write_text(run_dir / "config.toml", cfg.to_toml())
+        print(f"ppo: {policy.args.num_params() / 1e6:.2f}M policy, beta {beta}, {p.iterations} iterations of "
+              f"{p.rollout_batch} rollouts, {steps_per_iter} minibatches of {p.minibatch}, lr {t.lr:g} constant")
+    best_dir = run_dir / "best_policy"
+    start_iter = trainer.step // steps_per_iter
+    t_start = time.perf_counter()
+    bar = None
+    if is_main and cfg.log.progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=p.iterations, initial=start_iter, desc="ppo", unit="iter", dynamic_ncols=True)
+    if start_iter == 0 and p.eval_every:
+        ev = heldout_reward(policy, ref, scorer, tok, eval_prompts, p.max_new_tokens, device)
+        log.write({"step": 0, "split": "val", "iteration": 0, **ev})
+        state.update(best_reward=ev["reward"], best_iteration=0)
+        save_model(policy, best_dir, tokenizer_path=policy.tokenizer_path)
+    try:
+        for it in range(start_iter, p.iterations):
+            if state["stopped_early"]:
+                break
+            g = torch.Generator().manual_seed(p.seed * 100_003 + it)
+            pick = torch.randperm(len(train_prompts), generator=g)[:p.rollout_batch].tolist()
+            prompts = [train_prompts[i] for i in pick]
+            batch, stats = make_rollouts(policy, ref, value, scorer, tok, prompts, p, beta, seed=p.seed * 7 + it,
+                                         device=device)
+            trainer.data = Rollouts(batch, base=trainer.step * trainer.samples_per_step)
+            rows = [trainer.train_step() for _ in range(steps_per_iter)]
+            keys = ("loss", "policy_loss", "value_loss", "entropy", "clip_fraction", "ratio", "grad_norm")
+            row = {"step": trainer.step, "iteration": it + 1, "lr": rows[-1]["lr"], "tokens": trainer.tokens, **stats,
+                   **{k: sum(r[k] for r in rows) / len(rows) for k in keys if k in rows[0]}}
+            log.write(row)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({"reward": f"{stats['reward']:.3f}", "kl": f"{stats['kl']:.3f}",
+                                 "clip": f"{row.get('clip_fraction', 0):.2f}"}, refresh=False)
+            if p.eval_every and (it + 1) % p.eval_every == 0:
+                ev = heldout_reward(policy, ref, scorer, tok, eval_prompts, p.max_new_tokens, device)
+                log.write({"step": trainer.step, "split": "val", "iteration": it + 1, **ev})
+                if ev["reward"] > state["best_reward"]:
+                    state.update(best_reward=ev["reward"], best_iteration=it + 1, bad_evals=0)
+                    save_model(policy, best_dir, tokenizer_path=policy.tokenizer_path)
+                else:
+                    state["bad_evals"] += 1
+                    if p.patience and state["bad_evals"] >= p.patience:
+                        state["stopped_early"] = True
+                        if bar is not None:
+                            bar.write(f"early stop at iteration {it + 1}: held-out reward has not improved for "
+                                      f"{p.patience} evaluations (best {state['best_reward']:.3f} at iteration "
+                                      f"{state['best_iteration']})")
+            every = cfg.checkpoint.every
+            if every and trainer.step % every == 0:
+                trainer.extra_state["ppo_state"] = dict(state)
+                trainer.save()
+    finally:
+        if bar is not None:
+            bar.close()
+        log.close()
+    trainer.extra_state["ppo_state"] = dict(state)
+    trainer.save()
+    # with held-out evaluations, the result is the best policy they saw; without, the last one
+    final = load_model(best_dir, device=device, dtype=torch.float32) if p.eval_every else policy
+    end = heldout_reward(final, ref, scorer, tok, eval_prompts, p.max_new_tokens, device)
+    summary = {"iterations": trainer.step // steps_per_iter, "seconds": time.perf_counter() - t_start, "beta": beta,
+               "best_iteration": state["best_iteration"], "stopped_early": state["stopped_early"],
+               "heldout_reward": end["reward"], "heldout_kl": end["kl"]}
+    if is_main:
+        save_model(final, run_dir / "model", tokenizer_path=policy.tokenizer_path)
+        atomic_write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+def add_arguments(p) -> None:
+    p.description = ("PPO with the combined helpfulness/safety reward and a per-token KL penalty to the starting "
+                     "policy (Llama-2 §3.2.3). Defaults: configs/ppo.toml (batch 512, minibatch 64, clip 0.2, "
+                     "constant LR 1e-6, beta 0.01 up to 13B).")
+    p.add_argument("--policy", help="the starting policy (SFT or rejection-sampling checkpoint)")
+    p.add_argument("--reward-helpful", help="helpfulness reward model")
+    p.add_argument("--reward-safety", help="safety reward model (optional)")
+    p.add_argument("--prompts", default=None, help="'proving-ground' or a JSONL of prompts")
+    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--config", default=None, help="recipe file or name (default: ppo)")
+    p.add_argument("--out", default="runs/ppo")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def run(args) -> int:
+    import json
+
+    over = [f"{k}={v}" for k, v in (("model.init_from", args.policy), ("ppo.reward_helpful", args.reward_helpful),
+                                    ("ppo.reward_safety", args.reward_safety), ("ppo.prompts", args.prompts),
+                                    ("ppo.iterations", args.iterations)) if v is not None]
+    saved = Path(args.out) / "config.toml"
+    path = args.config or (saved if args.resume and saved.exists() else "ppo")
+    summary = ppo(load_ppo_config(path, over + list(args.overrides)), args.out, resume=args.resume)
+    print(json.dumps(summary, indent=2))
+    print(f"policy: {Path(args.out) / 'model'} (best held-out reward, iteration {summary['best_iteration']})")
+    return 0

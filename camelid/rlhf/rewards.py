@@ -1,0 +1,93 @@
+"""Scoring answers with the helpfulness and safety reward models, combined as Llama-2 eq. (4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from camelid.reward_model import RewardModel, combined_reward
+
+
+@dataclass
+class Prompt:
+    """A prompt for sampling: dialog messages ending with the user turn, and whether it is a safety prompt."""
+    messages: list[dict]
+    is_safety: bool = False
+    example: object = None  # the proving-ground Example, when there is one (for judging)
+
+
+def load_prompts(spec: str, split: str = "train", n: int = 256, seed: int = 0) -> list[Prompt]:
+    """`proving-ground` (its train or test split) or a JSONL file of {"messages"|"prompt", "is_safety"?}."""
+    if spec == "proving-ground":
+        from camelid.tasks import make_dialogs
+
+        return [Prompt(ex.messages, ex.kind == "safety", ex) for ex in make_dialogs(split, n, seed=seed)]
+    import json
+    from pathlib import Path
+
+    from camelid.errors import CamelidError
+
+    path = Path(spec)
+    if not path.is_file():
+        raise CamelidError(f"{spec}: prompts file not found (or use 'proving-ground')")
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CamelidError(f"{path}:{i}: invalid JSON ({e.msg})") from None
+        if "messages" in row:
+            msgs = row["messages"]
+        elif "prompt" in row:
+            msgs = [{"role": "user", "content": row["prompt"]}]
+        else:
+            raise CamelidError(f"{path}:{i}: expected a 'messages' or 'prompt' key")
+        out.append(Prompt(msgs, bool(row.get("is_safety", False))))
+    return out
+
+
+class RewardScorer:
+    """Both reward models, frozen, behind one call: answers -> calibrated logits and their combination."""
+
+    def __init__(self, helpful: RewardModel, safety: RewardModel | None, tokenizer, max_len: int | None = None,
+                 batch_size: int = 16):
+        self.helpful, self.safety, self.tok = helpful.eval(), (safety.eval() if safety is not None else None), tokenizer
+        for m in (self.helpful, self.safety):
+            if m is not None:
+                m.requires_grad_(False)
+        self.max_len = max_len or helpful.args.max_seq_len
+        self.batch_size = batch_size
+
+    def _encode(self, prompts: list[Prompt], answers: list[str]) -> list[list[int]]:
+        from camelid.chat_format import encode_dialog_with_mask
+
+        return [encode_dialog_with_mask(self.tok, p.messages + [{"role": "assistant", "content": a}])[0][-self.max_len:]
+                for p, a in zip(prompts, answers)]
+
+    @torch.no_grad()
+    def _score(self, model: RewardModel, seqs: list[list[int]]) -> torch.Tensor:
+        device = next(model.parameters()).device
+        out = []
+        for i in range(0, len(seqs), self.batch_size):
+            chunk = seqs[i:i + self.batch_size]
+            T = max(len(s) for s in chunk)
+            tokens = torch.zeros(len(chunk), T, dtype=torch.long)
+            mask = torch.zeros(len(chunk), T, dtype=torch.bool)
+            for r, s in enumerate(chunk):
+                tokens[r, :len(s)] = torch.tensor(s)
+                mask[r, :len(s)] = True
+            out.append(model.calibrated_logit(model(tokens.to(device), mask=mask.to(device))).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def score(self, prompts: list[Prompt], answers: list[str]) -> dict[str, torch.Tensor]:
+        """{"helpful", "safety", "combined"}: calibrated logits per answer (combined: Llama-2 eq. 4)."""
+        seqs = self._encode(prompts, answers)
+        helpful = self._score(self.helpful, seqs)
+        if self.safety is None:
+            return {"helpful": helpful, "safety": None, "combined": helpful}
+        safety = self._score(self.safety, seqs)
+        is_safety = torch.tensor([p.is_safety for p in prompts])
+        return {"helpful": helpful, "safety": safety, "combined": combined_reward(helpful, safety, is_safety)}
