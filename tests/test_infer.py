@@ -14,6 +14,16 @@ from camelid.infer.engine import FastRunner, FastWeights, KVStore
 from camelid.infer.sampling import filtered_probs, sample
 from camelid.model import ModelArgs, Transformer
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread, and a busy machine does not stall them; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 GQA = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, ffn_hidden_dim=100, norm_eps=1e-5,
            max_seq_len=96)
 

@@ -2,22 +2,30 @@
 continuous batching throughput, and the web page in headless Chromium."""
 
 import json
-import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import torch
 
 from tests.test_infer import tiny_model, tiny_tokenizer
 
 CONTEXT = 128
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread, and a busy machine does not stall them; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def free_port() -> int:
