@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("camelid.data.cli_data", "prepare token shards from a data mixture; inspect, verify, sample them"),
     "pretrain": ("camelid.train.pretrain", "pre-train a LLaMA model (single process or torchrun) from a TOML recipe"),
     "rm": ("camelid.train.reward", "train a helpfulness or safety reward model (ranking loss with rating margins)"),
+    "rs": ("camelid.rlhf.rs", "rejection-sampling fine-tuning: best of K samples by the combined reward, pooled"),
     "ppo": ("camelid.rlhf.ppo", "PPO on the combined reward with a KL penalty to the reference policy"),
     "export": ("camelid.train.export", "export a (sharded) training checkpoint to a camelid, Hugging Face or Meta checkpoint"),
     "sft": ("camelid.train.sft", "supervised chat fine-tuning (Llama-2 SFT: answer-only loss, packing, GAtt data)"),

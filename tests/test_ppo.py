@@ -96,3 +96,34 @@ def test_ppo_raises_a_known_reward_with_bounded_kl(smoke_run, tmp_path):
         assert key in train[-1]
     assert summary["iterations"] == 12 and (tmp_path / "ppo" / "model" / "tokenizer.model").exists()
     assert summary["heldout_kl"] > 0  # without held-out evaluations the result is the last policy, not the first
+
+
+def test_rejection_sampling_keeps_the_best_of_k():
+    from camelid.rlhf.rewards import Prompt
+    from camelid.rlhf.rs import best_of_k, update_pool
+
+    scores = torch.tensor([[0.1, 0.9, 0.5], [-1.0, -2.0, -0.5]])
+    assert best_of_k(scores).tolist() == [1, 2]
+    prompts = [Prompt([{"role": "user", "content": "a"}]), Prompt([{"role": "user", "content": "b"}])]
+    pool = {}
+    assert update_pool(pool, prompts, [["x", "y", "z"], ["p", "q", "r"]], scores, 1) == 2
+    assert [v["answer"] for v in pool.values()] == ["y", "r"]
+    # a later iteration replaces a prompt's answer only with a better one: the pool keeps the best of all
+    assert update_pool(pool, prompts, [["u", "v", "w"], ["s", "t", "o"]], torch.tensor([[0.2, 0.3, 0.1],
+                                                                                          [0.0, -3.0, -3.0]]), 2) == 1
+    assert [(v["answer"], v["iteration"]) for v in pool.values()] == [("y", 1), ("s", 2)]
+
+
+def test_rs_stage_raises_the_reward(smoke_run, tmp_path):
+    from camelid.rlhf.rs import load_rs_config, rejection_sampling
+
+    cfg = load_rs_config(None, [f"model.init_from={smoke_run[0] / 'pretrain' / 'model'}", "rs.iterations=2",
+                                "rs.prompts_per_iteration=24", "rs.k=4", "rs.max_new_tokens=16", "rs.eval_n=8",
+                                "rs.batch_size=8", "rs.epochs=2", "train.lr=3e-3", "log.progress=false"])
+    summary = rejection_sampling(cfg, tmp_path / "rs", scorer=ShortAnswers())
+    h = summary["history"]
+    assert len(h) == 2 and all(r["best_mean"] >= r["sample_mean"] for r in h)
+    assert h[1]["pool_mean"] >= h[0]["pool_mean"] - 1e-6 or h[1]["pool_size"] > h[0]["pool_size"]
+    assert (tmp_path / "rs" / "model" / "config.json").exists()
+    again = rejection_sampling(cfg, tmp_path / "rs", scorer=ShortAnswers())  # finished iterations are skipped
+    assert again["history"] == h

@@ -1,0 +1,228 @@
+"""Rejection-sampling fine-tuning (Llama-2 §3.2.3): `camelid rs --policy CKPT --reward-helpful RM ...`
+
+Each iteration samples K answers per prompt from the newest policy with the batched engine, scores
+them with the combined reward (eq. 4), keeps the best of each prompt, pools the best answers of all
+iterations so far (a prompt keeps its best answer ever seen), and fine-tunes the policy on the pool with
+the SFT objective (the `camelid sft` stage itself, on a JSONL of the pool). Each iteration lives in
+RUN_DIR/iter_N/ (pool.jsonl, the SFT run, model/), so an interrupted run resumes at the first
+unfinished iteration.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from camelid.config import CheckpointConfig, ConfigError, LogConfig, ModelConfig, TrainConfig, load_config, \
+    resolve_config_path
+from camelid.errors import CamelidError
+from camelid.fsutil import atomic_write_json, atomic_write_text
+from camelid.rlhf.rewards import Prompt, RewardScorer, load_prompts
+
+
+@dataclass
+class RSSection:
+    reward_helpful: str = ""
+    reward_safety: str = ""
+    prompts: str = "proving-ground"
+    eval_prompts: str = ""
+    iterations: int = 3
+    prompts_per_iteration: int = 512
+    k: int = 10  # samples per prompt (Llama-2: 10-100)
+    temperature: float = 1.2  # Llama-2: about 1.2-1.3 for K of 10-100
+    max_new_tokens: int = 64
+    epochs: float = 1.0  # fine-tuning epochs over the pool, per iteration
+    batch_size: int = 64  # packed sequences per optimizer step
+    eval_n: int = 64
+    seed: int = 0
+
+
+@dataclass
+class RSConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    rs: RSSection = field(default_factory=RSSection)
+
+    def to_dict(self) -> dict:
+        import dataclasses
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        from camelid.config import to_toml
+        return to_toml(self.to_dict())
+
+
+RS_DEFAULTS = {"train": {"lr": 2e-5, "weight_decay": 0.1, "warmup_steps": 0, "min_lr_ratio": 0.1, "micro_batch": 8},
+               "log": {"every": 5}, "checkpoint": {"every": 0, "keep": 1}}
+
+
+def load_rs_config(path=None, overrides=None) -> RSConfig:
+    cfg = load_config(resolve_config_path(path) if path else None, overrides, cls=RSConfig,
+                      defaults=copy.deepcopy(RS_DEFAULTS))
+    if cfg.rs.k < 1:
+        raise ConfigError("rs.k: must be >= 1")
+    return cfg
+
+
+def best_of_k(scores: torch.Tensor) -> torch.Tensor:
+    """scores [N, K] -> index of the best sample of each prompt [N] (the first, on ties)."""
+    return scores.argmax(dim=1)
+
+
+def update_pool(pool: dict, prompts: list[Prompt], answers: list[list[str]], scores: torch.Tensor,
+                iteration: int) -> int:
+    """Keep, for every prompt, the best answer over all iterations. Returns how many prompts improved."""
+    improved = 0
+    for p, cands, s, b in zip(prompts, answers, scores, best_of_k(scores).tolist()):
+        key = json.dumps(p.messages, sort_keys=True)
+        score = float(s[b])
+        if key not in pool or score > pool[key]["score"]:
+            pool[key] = {"messages": p.messages, "answer": cands[b], "score": score, "iteration": iteration}
+            improved += 1
+    return improved
+
+
+def sample_k(policy, tokenizer, prompts: list[Prompt], k: int, temperature: float, max_new_tokens: int,
+             seed: int) -> list[list[str]]:
+    from camelid.chat_format import encode_dialog
+    from camelid.infer import generate
+
+    ids = [encode_dialog(tokenizer, p.messages)[-(policy.args.max_seq_len - max_new_tokens):] for p in prompts]
+    outs = generate(policy.eval(), [i for i in ids for _ in range(k)], max_new_tokens=max_new_tokens,
+                    temperature=temperature, top_p=1.0, seed=seed, stop_ids=[tokenizer.eos_id])
+    texts = [tokenizer.decode(o).strip() for o in outs]
+    return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]
+
+
+def load_scorer(helpful_path: str, safety_path: str, tokenizer, device) -> RewardScorer:
+    from camelid.checkpoint import load_model
+    from camelid.reward_model import RewardModel
+
+    if not helpful_path:
+        raise ConfigError("reward_helpful: pass --reward-helpful RM_CKPT (and --reward-safety RM_CKPT)")
+    models = []
+    for path in (helpful_path, safety_path):
+        if not path:
+            models.append(None)
+            continue
+        m = load_model(path, device=device, dtype=torch.float32)
+        if not isinstance(m, RewardModel):
+            raise ConfigError(f"{path}: a language model, not a reward model")
+        models.append(m)
+    return RewardScorer(models[0], models[1], tokenizer)
+
+
+@torch.no_grad()
+def heldout(policy, scorer: RewardScorer, tokenizer, prompts: list[Prompt], max_new_tokens: int) -> float:
+    answers = sample_k(policy, tokenizer, prompts, 1, 0.0, max_new_tokens, seed=0)
+    return scorer.score(prompts, [a[0] for a in answers])["combined"].mean().item()
+
+
+def rejection_sampling(cfg: RSConfig, run_dir: str | Path, scorer=None) -> dict:
+    from camelid.checkpoint import load_model
+    from camelid.tokenizer import Tokenizer
+    from camelid.train.loop import resolve_device
+    from camelid.train.metrics import MetricsLog
+    from camelid.train.sft import load_sft_config, sft
+
+    r, t = cfg.rs, cfg.train
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.model.init_from:
+        raise ConfigError("model.init_from: which policy to improve? pass --policy CKPT")
+    device = resolve_device(t.device)
+    policy_path = Path(cfg.model.init_from)
+    policy = load_model(policy_path, device=device, dtype=torch.float32)
+    if not getattr(policy, "tokenizer_path", None):
+        raise CamelidError(f"{policy_path}: no tokenizer.model beside the weights")
+    tok = Tokenizer(policy.tokenizer_path)
+    scorer = scorer or load_scorer(r.reward_helpful, r.reward_safety, tok, device)
+    eval_prompts = load_prompts(r.eval_prompts or r.prompts, "test", n=r.eval_n, seed=r.seed + 1)[:r.eval_n]
+    atomic_write_text(run_dir / "config.toml", cfg.to_toml())
+    finished = 0
+    while (run_dir / f"iter_{finished + 1}" / "iteration.json").exists():
+        finished += 1
+    log = MetricsLog(run_dir, resume_step=finished, enabled=True)  # rows of unfinished iterations are redone
+    pool: dict = {}
+    history = []
+    t0 = time.perf_counter()
+    start = heldout(policy, scorer, tok, eval_prompts, r.max_new_tokens)
+    for it in range(1, r.iterations + 1):
+        it_dir = run_dir / f"iter_{it}"
+        if it <= finished:
+            pool = {json.dumps(row["messages"], sort_keys=True): row
+                    for row in map(json.loads, (it_dir / "pool.jsonl").read_text().splitlines())}
+            policy_path = it_dir / "sft" / "model"
+            policy = load_model(policy_path, device=device, dtype=torch.float32)
+            history.append(json.loads((it_dir / "iteration.json").read_text()))
+            continue
+        prompts = load_prompts(r.prompts, "train", n=r.prompts_per_iteration, seed=r.seed * 1000 + it)
+        ts = time.perf_counter()
+        answers = sample_k(policy, tok, prompts, r.k, r.temperature, r.max_new_tokens, seed=r.seed * 1000 + it)
+        flat = scorer.score([p for p in prompts for _ in range(r.k)], [a for cands in answers for a in cands])
+        scores = flat["combined"].view(len(prompts), r.k)
+        improved = update_pool(pool, prompts, answers, scores, it)
+        it_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(it_dir / "pool.jsonl", "".join(json.dumps(v) + "\n" for v in pool.values()))
+        atomic_write_text(it_dir / "sft.jsonl", "".join(json.dumps({"messages": v["messages"] + [
+            {"role": "assistant", "content": v["answer"]}]}) + "\n" for v in pool.values()))
+        sampling_s = time.perf_counter() - ts
+        # Fine-tune the newest policy on the pool with the SFT stage itself.
+        sft_over = [f"model.init_from={policy_path}", f"sft.data={it_dir / 'sft.jsonl'}", f"sft.epochs={r.epochs}",
+                    f"sft.batch_size={r.batch_size}", "sft.eval_n=0", f"sft.seed={r.seed + it}"] + \
+                   [f"train.{k}={json.dumps(getattr(t, k))}" for k in ("lr", "weight_decay", "warmup_steps",
+                                                                      "min_lr_ratio", "micro_batch", "dtype", "seed",
+                                                                      "grad_clip", "device")] + \
+                   [f"log.progress={json.dumps(cfg.log.progress)}"]
+        sft(load_sft_config(None, sft_over), it_dir / "sft", resume=True, quiet=True)
+        policy_path = it_dir / "sft" / "model"
+        policy = load_model(policy_path, device=device, dtype=torch.float32)
+        row = {"iteration": it, "sample_mean": scores.mean().item(), "best_mean": scores.max(1).values.mean().item(),
+               "pool_size": len(pool), "pool_mean": sum(v["score"] for v in pool.values()) / len(pool),
+               "improved": improved, "heldout_reward": heldout(policy, scorer, tok, eval_prompts, r.max_new_tokens),
+               "sampling_seconds": sampling_s}
+        log.write({"step": it, **row})
+        atomic_write_json(it_dir / "iteration.json", row)  # written last: marks the iteration finished
+        history.append(row)
+        print(f"rs iteration {it}: best-of-{r.k} reward {row['best_mean']:.3f} (samples {row['sample_mean']:.3f}), "
+              f"pool {len(pool)}, held-out reward {row['heldout_reward']:.3f}")
+    log.close()
+    from camelid.checkpoint import save_model
+    save_model(policy, run_dir / "model", tokenizer_path=tok.model_path)
+    summary = {"iterations": len(history), "heldout_reward_before": start,
+               "heldout_reward_after": history[-1]["heldout_reward"] if history else start,
+               "history": history, "seconds": time.perf_counter() - t0}
+    atomic_write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def add_arguments(p) -> None:
+    p.description = ("Rejection-sampling fine-tuning (Llama-2 §3.2.3): K samples per prompt from the newest policy, "
+                     "scored by the combined reward; the best of each prompt, pooled over iterations, fine-tunes "
+                     "the policy with the SFT objective. Defaults: configs/rs.toml.")
+    p.add_argument("--policy", help="the starting policy (an SFT checkpoint)")
+    p.add_argument("--reward-helpful", help="helpfulness reward model")
+    p.add_argument("--reward-safety", help="safety reward model (optional)")
+    p.add_argument("--prompts", default=None, help="'proving-ground' or a JSONL of prompts")
+    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("-k", type=int, default=None, help="samples per prompt")
+    p.add_argument("--config", default=None, help="recipe file or name (default: rs)")
+    p.add_argument("--out", default="runs/rs")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def run(args) -> int:
+    over = [f"{k}={v}" for k, v in (("model.init_from", args.policy), ("rs.reward_helpful", args.reward_helpful),
+                                    ("rs.reward_safety", args.reward_safety), ("rs.prompts", args.prompts),
+                                    ("rs.iterations", args.iterations), ("rs.k", args.k)) if v is not None]
+    summary = rejection_sampling(load_rs_config(args.config or "rs", over + list(args.overrides)), args.out)
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    print(f"policy: {Path(args.out) / 'model'} (resume: run the same command again)")
+    return 0
