@@ -38,6 +38,7 @@ def distributed_session(cfg):
                                      loss_parallel=t.loss_parallel and dims.tp > 1)
 
         yield parallelize
+        dist.barrier()  # rank 0 may still be writing the final model: leave together, or gloo aborts the others
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
