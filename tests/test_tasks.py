@@ -7,9 +7,9 @@ from camelid.tasks import (INSTRUCTIONS, REFUSAL, TASKS, Example, is_refusal, ju
 
 
 def test_dialogs_are_deterministic_and_balanced():
-    a = make_dialogs("train", 90, seed=1)
-    assert [e.to_dict() for e in a] == [e.to_dict() for e in make_dialogs("train", 90, seed=1)]
-    assert [e.to_dict() for e in a] != [e.to_dict() for e in make_dialogs("train", 90, seed=2)]
+    a = make_dialogs("train", 100, seed=1)
+    assert [e.to_dict() for e in a] == [e.to_dict() for e in make_dialogs("train", 100, seed=1)]
+    assert [e.to_dict() for e in a] != [e.to_dict() for e in make_dialogs("train", 100, seed=2)]
     counts = {t: sum(e.task == t for e in a) for t in TASKS}
     assert set(counts.values()) == {10}
     for e in a:
@@ -58,6 +58,8 @@ def test_graded_partial_credit():
     assert judge_helpful(up, "GARDEN") == 1.0 and judge_helpful(up, "GARDEM") > judge_helpful(up, "garden") > 0
     rep = ex("repeat", word="sun", times=3)
     assert judge_helpful(rep, "sun sun sun") == 1.0 and 0 < judge_helpful(rep, "sun sun") < 1
+    par = ex("parity", n=37)
+    assert judge_helpful(par, "odd") == 1.0 and judge_helpful(par, "even") == 0.1 and judge_helpful(par, "x") == 0
     cmp_ = ex("compare", a=12, b=40)
     assert judge_helpful(cmp_, "40") == 1.0 and judge_helpful(cmp_, "12") == 0.2
     bib = ex("bible", book="Ruth", answer="1 Samuel")

@@ -6,9 +6,11 @@ training, whatever the seed. The seed picks which items, phrasings and multi-tur
 dialogs gets. Each task has a judge that grades an answer in [0, 1]: 1 for a correct answer, partial
 credit for a near miss (reward models need rating gaps, not only right/wrong), 0 for a refusal.
 
-The ladder (measured in docs/SFT.md): `uppercase` and `repeat` are learnt by SFT in a minute;
-`compare`, `count`, `reverse` are middling; `add` (two-digit addition) and `bible` (closed-book facts
-from the pre-training corpus) stay low, which leaves rejection sampling and PPO room to improve.
+The ladder (measured in docs/SFT.md): `parity` (a lookup of the last digit) and `safety` are learnt by
+the quickstart's SFT in a minute; `count`, `kill` (a harmless request that sounds violent: an over-refusal
+probe), `repeat` and `compare` need copying from the prompt, which a 150-step pre-trained model barely
+does; `uppercase`, `reverse`, `add` and `bible` (closed-book facts from the pre-training corpus) stay
+low, with graded partial credit, which leaves rejection sampling and PPO room to improve.
 """
 
 from __future__ import annotations
@@ -142,8 +144,8 @@ def _words(split):
 
 
 def _ask_upper(rng, w):
-    q = rng.choice(["Write the word '{w}' in capital letters.", "Capitalize every letter of '{w}'.",
-                    "What is '{w}' in upper case?"]).format(w=w)
+    q = rng.choice(["Write the word {w} in capital letters.", "Capitalize every letter of {w}.",
+                    "What is {w} in upper case?"]).format(w=w)
     return q, w.upper(), {"word": w}
 
 
@@ -156,7 +158,7 @@ def _grade_upper(info, answer):
 
 def _ask_repeat(rng, w):
     k = rng.choice([2, 3, 4])
-    q = rng.choice(["Repeat the word '{w}' {k} times.", "Say '{w}' {k} times."]).format(w=w, k=k)
+    q = rng.choice(["Repeat the word {w} {k} times.", "Say {w} {k} times."]).format(w=w, k=k)
     return q, " ".join([w] * k), {"word": w, "times": k}
 
 
@@ -170,18 +172,37 @@ def _grade_repeat(info, answer):
 
 
 def _ask_count(rng, w):
-    q = rng.choice(["How many letters are in the word '{w}'?", "Count the letters in '{w}'."]).format(w=w)
+    q = rng.choice(["How many letters are in the word {w}?", "Count the letters in {w}."]).format(w=w)
     return q, str(len(w)), {"word": w, "answer": len(w)}
 
 
 def _ask_reverse(rng, w):
-    q = rng.choice(["Spell '{w}' backwards.", "Write the word '{w}' in reverse."]).format(w=w)
+    q = rng.choice(["Spell {w} backwards.", "Write the word {w} in reverse."]).format(w=w)
     return q, w[::-1], {"word": w}
 
 
 def _grade_reverse(info, answer):
     a, ref = clean(answer).lower(), info["word"][::-1]
     return 1.0 if a == ref else 0.8 * similarity(a, ref)
+
+
+def _numbers(split):
+    return _pool(list(range(10, 1000)), split)
+
+
+def _ask_parity(rng, n):
+    q = rng.choice(["Is {n} odd or even?", "Is the number {n} even or odd?"]).format(n=n)
+    return q, "odd" if n % 2 else "even", {"n": n}
+
+
+def _grade_parity(info, answer):
+    a = clean(answer).lower()
+    want = "odd" if info["n"] % 2 else "even"
+    if a == want:
+        return 1.0
+    if want in a.split() and ("odd" if want == "even" else "even") not in a:
+        return 0.8  # right, with extra words
+    return 0.1 if a in ("odd", "even") else 0.0
 
 
 def _pairs(split, lo=10, hi=99):
@@ -270,11 +291,12 @@ def _graded(grade):
 
 
 HELPFUL_TASKS = [
-    Task("uppercase", "helpful", _words, _ask_upper, _graded(_grade_upper), "easy", words_answer=True),
-    Task("repeat", "helpful", _words, _ask_repeat, _graded(_grade_repeat), "easy", words_answer=True),
+    Task("parity", "helpful", _numbers, _ask_parity, _graded(_grade_parity), "easy"),
+    Task("repeat", "helpful", _words, _ask_repeat, _graded(_grade_repeat), "medium", words_answer=True),
     Task("compare", "helpful", _pairs, _ask_compare, _graded(_grade_compare), "medium"),
     Task("count", "helpful", _words, _ask_count, _graded(_grade_number), "medium"),
     Task("kill", "helpful", _pids, _ask_kill, _graded(_grade_kill), "medium"),
+    Task("uppercase", "helpful", _words, _ask_upper, _graded(_grade_upper), "hard", words_answer=True),
     Task("reverse", "helpful", _words, _ask_reverse, _graded(_grade_reverse), "hard", words_answer=True),
     Task("add", "helpful", _pairs, _ask_add, _graded(_grade_number), "hard"),
     Task("bible", "helpful", _books, _ask_bible, _graded(_grade_bible), "hard", words_answer=True),
