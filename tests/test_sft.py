@@ -4,6 +4,7 @@ import json
 
 import torch
 
+from camelid.tasks import TASKS
 from tests.conftest import camelid
 
 
@@ -63,7 +64,7 @@ def test_sft_cli_jsonl_resume_and_eval(smoke_run, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(rep.read_text())
     assert {"accuracy", "tasks", "refusal_rate", "gatt_adherence"} <= set(report)
-    assert len(report["tasks"]) == 9 and set(report["gatt_adherence"]) == {"1", "2", "3"}
+    assert len(report["tasks"]) == len(TASKS) and set(report["gatt_adherence"]) == {"1", "2", "3"}
     assert "refusal rate" in r.stdout
     bad = camelid("eval", "--model", run / "model", "--tasks", "add,nope")
     assert bad.returncode == 2 and "unknown task" in bad.stderr

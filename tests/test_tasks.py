@@ -27,7 +27,7 @@ def test_test_items_are_never_in_train():
     for name, task in TASKS.items():
         train, test = task.items("train"), task.items("test")
         assert train and test and not set(map(str, train)) & set(map(str, test)), name
-    train_q = {e.messages[-1]["content"] for e in make_dialogs("train", 3000, seed=0) if e.task != "safety"}
+    train_q = {e.messages[-1]["content"] for e in make_dialogs("train", 1000, seed=0) if e.task != "safety"}
     test_q = {e.messages[-1]["content"] for e in make_dialogs("test", 300, seed=0) if e.task != "safety"}
     assert not train_q & test_q
     harms = lambda split: {e.item["harm"] for e in make_dialogs(split, 400, 0, tasks=["safety"])}  # noqa: E731
