@@ -37,7 +37,8 @@ class RewardModel(Transformer):
         """Initialise from a language model (the SFT checkpoint): every weight but the head is copied."""
         with torch.device("meta"):
             rm = cls(lm.args)
-        sd = {k: v for k, v in lm.state_dict().items() if not k.startswith("output.")}
+        # clone: the reward model must own its weights (a shared tensor would be trained by two optimizers)
+        sd = {k: v.clone() for k, v in lm.state_dict().items() if not k.startswith("output.")}
         dev = lm.tok_embeddings.weight.device
         sd["reward_head.weight"] = torch.randn(1, lm.args.dim, device=dev) / math.sqrt(lm.args.dim + 1)
         rm.load_state_dict(sd, assign=True)

@@ -127,3 +127,33 @@ def test_rs_stage_raises_the_reward(smoke_run, tmp_path):
     assert (tmp_path / "rs" / "model" / "config.json").exists()
     again = rejection_sampling(cfg, tmp_path / "rs", scorer=ShortAnswers())  # finished iterations are skipped
     assert again["history"] == h
+
+
+def test_reward_model_from_lm_owns_its_weights():
+    from camelid.model import ModelArgs, Transformer
+    from camelid.reward_model import RewardModel
+    from camelid.rlhf.ppo import ValueModel
+
+    lm = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=50, ffn_hidden_dim=64))
+    rm = RewardModel.from_lm(lm)
+    vm = ValueModel.from_reward_model(rm)
+    for name, p in lm.named_parameters():
+        if not name.startswith("output"):
+            assert p.data_ptr() != dict(rm.named_parameters())[name].data_ptr() != dict(vm.named_parameters())[name].data_ptr()
+    x = torch.randint(3, 50, (3, 7))
+    vm.rescale(vm.token_scores(x).flatten())
+    v = vm.token_scores(x).flatten()
+    assert abs(v.mean().item()) < 1e-4 and abs(v.std().item() - 1) < 1e-3
+
+
+def test_ppo_resumes_from_its_last_iteration(smoke_run, tmp_path):
+    from camelid.rlhf.ppo import load_ppo_config, ppo
+
+    sets = [f"model.init_from={smoke_run[0] / 'pretrain' / 'model'}", "ppo.rollout_batch=8", "ppo.minibatch=8",
+            "ppo.max_new_tokens=8", "ppo.eval_every=0", "ppo.eval_n=4", "train.lr=1e-3", "log.progress=false"]
+    ppo(load_ppo_config(None, sets + ["ppo.iterations=2"]), tmp_path / "a", scorer=ShortAnswers())
+    ppo(load_ppo_config(None, sets + ["ppo.iterations=3"]), tmp_path / "a", resume=True, scorer=ShortAnswers())
+    ppo(load_ppo_config(None, sets + ["ppo.iterations=3"]), tmp_path / "b", scorer=ShortAnswers())
+    rows = lambda d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert [r["iteration"] for r in rows("a")] == [1, 2, 3]
+    assert [r["reward"] for r in rows("a")] == [r["reward"] for r in rows("b")]  # the resumed run is the same run

@@ -70,8 +70,12 @@ def parse_pair(row: dict, where: str) -> PreferencePair:
         raise CamelidError(f"{where}: {e}") from None
     is_safety = bool(row.get("is_safety", False))
     if "prompt" in row or "messages" in row:
-        prompt = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
-        prompt = _as_messages(prompt, where) if not isinstance(prompt, list) or prompt else prompt
+        if "messages" in row:
+            prompt = _as_messages(row["messages"], where)
+            if not prompt or prompt[-1]["role"] != "user":
+                raise CamelidError(f"{where}: 'messages' must end with the user turn the answers reply to")
+        else:
+            prompt = [{"role": "user", "content": row["prompt"]}]
         if not isinstance(row["chosen"], str) or not isinstance(row["rejected"], str):
             raise CamelidError(f"{where}: with a prompt, 'chosen' and 'rejected' must be answer strings")
         return PreferencePair(prompt, row["chosen"], row["rejected"], rating, is_safety, row.get("scores", {}),
@@ -90,14 +94,18 @@ def load_pairs(path: str | Path, skip_bad: bool = False) -> list[PreferencePair]
     path = Path(path)
     if not path.is_file():
         raise CamelidError(f"{path}: preference file not found")
-    pairs, bad = [], 0
+    pairs, bad, same = [], 0, 0
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
             where = f"{path}:{i}"
             try:
-                pairs.append(parse_pair(json.loads(line), where))
+                pair = parse_pair(json.loads(line), where)
+                if pair.chosen.strip() == pair.rejected.strip():
+                    same += 1  # no preference to learn from
+                    continue
+                pairs.append(pair)
             except json.JSONDecodeError as e:
                 if not skip_bad:
                     raise CamelidError(f"{where}: invalid JSON ({e.msg}); fix the line or pass --skip-bad") from None
@@ -108,8 +116,8 @@ def load_pairs(path: str | Path, skip_bad: bool = False) -> list[PreferencePair]
                 bad += 1
     if not pairs:
         raise CamelidError(f"{path}: no preference pairs")
-    if bad:
-        print(f"{path}: skipped {bad} bad line(s)")
+    if bad or same:
+        print(f"{path}: skipped {bad} bad line(s) and {same} pair(s) with identical answers")
     return pairs
 
 

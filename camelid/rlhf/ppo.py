@@ -12,6 +12,7 @@ combined reward on held-out prompts; the best policy is the result.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -29,7 +30,7 @@ from camelid.reward_model import RewardModel, whiten
 from camelid.rlhf.ppo_math import entropy, gae, kl_per_token, masked_whiten, penalized_rewards, policy_loss, \
     token_logprobs, value_loss
 from camelid.rlhf.rewards import Prompt, RewardScorer, load_prompts
-from camelid.train.loop import Trainer, resolve_device
+from camelid.train.loop import Trainer, TrainingDiverged, resolve_device
 from camelid.train.metrics import MetricsLog
 
 
@@ -50,9 +51,13 @@ class PPOSection:
     clip: float = 0.2
     value_clip: float = 0.2
     vf_coef: float = 0.1
+    value_lr: float = 0.0  # the value model's learning rate; 0: 10x the policy's (train.lr)
+    missing_eos_penalty: float = 1.0  # subtracted from the whitened score of an answer cut off at max_new_tokens
     eval_every: int = 5  # iterations between held-out evaluations (early stopping)
-    eval_n: int = 64
-    patience: int = 3  # evaluations without improvement before stopping (0: never stop early)
+    eval_n: int = 128
+    patience: int = 4  # evaluations without a gain of min_delta before stopping (0: never stop early)
+    min_delta: float = 0.0  # held-out reward gain that counts as an improvement
+    save_every: int = 1  # iterations between checkpoints (resume continues from the newest)
     seed: int = 0
 
 
@@ -94,6 +99,37 @@ def default_beta(n_params: int) -> float:
     return 0.01 if n_params <= 13.5e9 else 0.005
 
 
+class ValueModel(RewardModel):
+    """PPO's critic: a reward model read at every position, plus a bias. The reward model's scores are
+    fixed only up to an offset (its loss sees differences), so before training the head is rescaled to
+    give the returns' scale (whitened: mean 0, spread 1) on the first rollouts."""
+
+    kind = "value"
+
+    def __init__(self, args):
+        super().__init__(args)
+        self.value_bias = nn.Parameter(torch.zeros((), device=self.reward_head.weight.device))
+
+    @classmethod
+    def from_reward_model(cls, rm: RewardModel) -> "ValueModel":
+        with torch.device("meta"):
+            vm = cls(rm.args)
+        sd = {k: v.detach().clone() for k, v in rm.state_dict().items()}
+        sd["value_bias"] = torch.zeros((), device=rm.reward_head.weight.device)
+        vm.load_state_dict(sd, assign=True)
+        return vm
+
+    def token_scores(self, tokens, mask=None):
+        return super().token_scores(tokens, mask) + self.value_bias
+
+    @torch.no_grad()
+    def rescale(self, values: torch.Tensor) -> None:
+        """Make `values` (this model's outputs) come out with mean 0 and standard deviation 1."""
+        mean, std = values.mean(), values.std().clamp(min=1e-3)
+        self.reward_head.weight.div_(std)
+        self.value_bias.copy_((self.value_bias - mean) / std)
+
+
 class ActorCritic(nn.Module):
     """The two trained models as one module: one optimizer, one clipping, one checkpoint."""
 
@@ -121,8 +157,8 @@ class Rollouts:
 
 
 class PPOObjective:
-    def __init__(self, clip: float, value_clip: float, vf_coef: float):
-        self.clip, self.value_clip, self.vf_coef = clip, value_clip, vf_coef
+    def __init__(self, clip: float, value_clip: float, vf_coef: float, temperature: float = 1.0):
+        self.clip, self.value_clip, self.vf_coef, self.temperature = clip, value_clip, vf_coef, temperature
 
     def count_targets(self, batch: dict) -> int:
         return int(batch["rmask"].sum())
@@ -130,7 +166,7 @@ class PPOObjective:
     def __call__(self, model: ActorCritic, batch: dict):
         inp, mask, rmask = batch["input"], batch["mask"], batch["rmask"]
         pos = batch_positions(mask)
-        logits = model.policy(inp, positions=pos, mask=mask)
+        logits = model.policy(inp, positions=pos, mask=mask) / self.temperature  # the distribution sampled from
         logp = token_logprobs(logits, batch["target"])
         pl, stats = policy_loss(logp, batch["logp_old"], batch["adv"], rmask, self.clip)
         values = model.value.token_scores(inp, mask)
@@ -143,18 +179,18 @@ class PPOObjective:
 
 
 @torch.no_grad()
-def sequence_logprobs(model, inp, target, mask, chunk: int = 16) -> torch.Tensor:
+def sequence_logprobs(model, inp, target, mask, chunk: int = 16, temperature: float = 1.0) -> torch.Tensor:
     out = []
     for i in range(0, inp.shape[0], chunk):
         sl = slice(i, i + chunk)
         logits = model(inp[sl], positions=batch_positions(mask[sl]), mask=mask[sl])
-        out.append(token_logprobs(logits, target[sl]))
+        out.append(token_logprobs(logits / temperature, target[sl]))
     return torch.cat(out)
 
 
 @torch.no_grad()
 def make_rollouts(policy, ref, value, scorer: RewardScorer, tokenizer, prompts: list[Prompt], p: PPOSection,
-                  beta: float, seed: int, device) -> tuple[dict, dict]:
+                  beta: float, seed: int, device, autocast=None) -> tuple[dict, dict]:
     """Sample, score and assemble one iteration's experience (everything PPO's update needs)."""
     from camelid.chat_format import encode_dialog
     from camelid.infer import generate
@@ -178,19 +214,24 @@ def make_rollouts(policy, ref, value, scorer: RewardScorer, tokenizer, prompts: 
         resp[r, len(a):len(a) + len(b)] = True
     inp, target, imask, rmask = tokens[:, :-1], tokens[:, 1:], mask[:, :-1], resp[:, 1:]
     inp, target, imask, rmask = (x.to(device) for x in (inp, target, imask, rmask))
-    logp_old = sequence_logprobs(policy, inp, target, imask)
-    logp_ref = sequence_logprobs(ref, inp, target, imask)
-    values_old = torch.cat([value.token_scores(inp[i:i + 16], imask[i:i + 16]) for i in range(0, len(inp), 16)])
+    # the same precision as the training step, so the first ratio is exactly 1 and the KL starts at 0
+    with (autocast() if autocast is not None else contextlib.nullcontext()):
+        logp_old = sequence_logprobs(policy, inp, target, imask, temperature=p.temperature)
+        logp_ref = sequence_logprobs(ref, inp, target, imask, temperature=p.temperature)
+        values_old = torch.cat([value.token_scores(inp[i:i + 16], imask[i:i + 16]) for i in range(0, len(inp), 16)])
     scores = scorer.score(prompts, texts)
     combined = scores["combined"].to(device)
-    rewards = penalized_rewards(whiten(combined), logp_old, logp_ref, rmask.float(), beta)
+    truncated = torch.tensor([len(o) >= p.max_new_tokens for o in outs], device=device)
+    score = whiten(combined) - p.missing_eos_penalty * truncated.float()  # an unfinished answer is not a good one
+    rewards = penalized_rewards(score, logp_old, logp_ref, rmask.float(), beta)
     adv, returns = gae(rewards, values_old * rmask, rmask, p.gamma, p.lam)
     adv = masked_whiten(adv, rmask)
     kl = (kl_per_token(logp_old, logp_ref) * rmask).sum(1)
     batch = {"input": inp, "target": target, "mask": imask, "rmask": rmask, "logp_old": logp_old,
              "values_old": values_old, "adv": adv, "returns": returns}
     stats = {"reward": combined.mean().item(), "reward_helpful": scores["helpful"].mean().item(),
-             "kl": kl.mean().item(), "response_length": rmask.float().sum(1).mean().item()}
+             "kl": kl.mean().item(), "response_length": rmask.float().sum(1).mean().item(),
+             "truncated": truncated.float().mean().item()}
     if scores["safety"] is not None:
         stats["reward_safety"] = scores["safety"].mean().item()
     policy.train(was_training)
@@ -233,6 +274,7 @@ def sequence_kl(policy, ref, prompt_ids, outs, eos_id, device) -> float:
 
 
 def frozen(model, dtype=None):
+    """Evaluation mode, no gradients (it never enters autograd), optionally cast."""
     model = model.eval().requires_grad_(False)
     return model.to(dtype) if dtype is not None else model
 
@@ -259,29 +301,43 @@ def ppo(cfg: PPOConfig, run_dir: str | Path, resume: bool = False, scorer=None) 
     if not getattr(policy, "tokenizer_path", None):
         raise CamelidError(f"{cfg.model.init_from}: no tokenizer.model beside the weights")
     tok = Tokenizer(policy.tokenizer_path)
-    frozen_dtype = torch.bfloat16 if device.type == "cuda" else None  # bf16 where it is fast
-    ref = frozen(load_model(cfg.model.init_from, device=device, dtype=torch.float32), frozen_dtype)
+    import torch.distributed as dist
+    if dist.is_initialized():
+        raise ConfigError("camelid ppo runs in one process (generation would have to gather sharded weights); "
+                          "run it without torchrun")
+    # The reference runs in the policy's precision (a bf16 reference would show a KL before any update);
+    # the reward models only score, so bf16 is fine where it is fast.
+    ref = frozen(load_model(cfg.model.init_from, device=device, dtype=torch.float32))
+    rm_dtype = torch.bfloat16 if device.type == "cuda" else None
     if scorer is None:
         helpful = load_model(p.reward_helpful, device=device, dtype=torch.float32)
         safety = load_model(p.reward_safety, device=device, dtype=torch.float32) if p.reward_safety else None
         for name, m in (("ppo.reward_helpful", helpful), ("ppo.reward_safety", safety)):
             if m is not None and not isinstance(m, RewardModel):
                 raise ConfigError(f"{name}: {getattr(m, 'tokenizer_path', '')} is a language model, not a reward model")
-        value = copy.deepcopy(helpful).train().requires_grad_(True)  # the value model starts as the helpfulness RM
-        scorer = RewardScorer(frozen(helpful, frozen_dtype), frozen(safety, frozen_dtype) if safety else None, tok)
+        value = ValueModel.from_reward_model(helpful)  # the critic starts as the helpfulness RM
+        scorer = RewardScorer(frozen(helpful, rm_dtype), frozen(safety, rm_dtype) if safety else None, tok)
     else:
-        value = RewardModel.from_lm(policy).train()
+        value = ValueModel.from_reward_model(RewardModel.from_lm(policy))
+    value.train().requires_grad_(True)
     beta = p.beta if p.beta >= 0 else default_beta(policy.args.num_params())
-    train_prompts = load_prompts(p.prompts, "train", n=max(p.rollout_batch * 8, 512), seed=p.seed)
+    # prompts drawn with their own seed offset, apart from the ones the reward models were trained on
+    train_prompts = load_prompts(p.prompts, "train", n=max(p.rollout_batch * 8, 512), seed=p.seed + 17)
     eval_prompts = load_prompts(p.eval_prompts or p.prompts, "test", n=p.eval_n, seed=p.seed + 1)[:p.eval_n]
 
     model = ActorCritic(policy, value)
+    # One AdamW for both; the critic learns value_lr / lr times faster (it starts far from the returns).
+    from camelid.train.optim import param_groups
+    value_scale = (p.value_lr / t.lr) if p.value_lr else 10.0
+    groups = param_groups(policy, t.weight_decay) + \
+        [dict(g, lr_scale=value_scale) for g in param_groups(value, t.weight_decay)]
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
+                                  **({"fused": True} if device.type == "cuda" else {"foreach": True}))
     steps_per_iter = p.rollout_batch // p.minibatch
     accum = p.minibatch // t.micro_batch
-    placeholder = Rollouts({}, 0)
-    trainer = Trainer(model=model, objective=PPOObjective(p.clip, p.value_clip, p.vf_coef), data=placeholder,
-                      cfg=cfg, run_dir=run_dir, total_steps=p.iterations * steps_per_iter, accum=accum, stage="ppo",
-                      model_args=policy.args,
+    trainer = Trainer(model=model, objective=PPOObjective(p.clip, p.value_clip, p.vf_coef, p.temperature),
+                      data=Rollouts({}, 0), cfg=cfg, run_dir=run_dir, total_steps=p.iterations * steps_per_iter,
+                      accum=accum, stage="ppo", model_args=policy.args, optimizer=optimizer,
                       extra_state={"model_args": policy.args.to_dict(), "tokenizer": str(policy.tokenizer_path)})
     state = {"best_reward": -math.inf, "best_iteration": -1, "bad_evals": 0, "stopped_early": False}
     if resume and trainer.resume():
@@ -292,33 +348,49 @@ def ppo(cfg: PPOConfig, run_dir: str | Path, resume: bool = False, scorer=None) 
     if is_main:
         atomic_write_text(run_dir / "config.toml", cfg.to_toml())
         print(f"ppo: {policy.args.num_params() / 1e6:.2f}M policy, beta {beta}, {p.iterations} iterations of "
-              f"{p.rollout_batch} rollouts, {steps_per_iter} minibatches of {p.minibatch}, lr {t.lr:g} constant")
+              f"{p.rollout_batch} rollouts, {steps_per_iter} minibatches of {p.minibatch}, lr {t.lr:g} constant "
+              f"(critic {t.lr * value_scale:g})")
     best_dir = run_dir / "best_policy"
     start_iter = trainer.step // steps_per_iter
+
+    def rollouts(it: int):
+        g = torch.Generator().manual_seed(p.seed * 100_003 + it)
+        pick = torch.randperm(len(train_prompts), generator=g)[:p.rollout_batch].tolist()
+        return make_rollouts(policy, ref, value, scorer, tok, [train_prompts[i] for i in pick], p, beta,
+                             seed=p.seed * 7 + it, device=device, autocast=trainer.autocast)
+
+    def checkpoint():
+        trainer.extra_state["ppo_state"] = dict(state)
+        trainer.save()
+
     t_start = time.perf_counter()
+    if start_iter == 0:
+        batch, _ = rollouts(0)  # put the critic on the returns' scale before it is trained
+        value.rescale(batch["values_old"][batch["rmask"]])
+        if p.eval_every:
+            ev = heldout_reward(policy, ref, scorer, tok, eval_prompts, p.max_new_tokens, device)
+            log.write({"step": 0, "split": "val", "iteration": 0, **ev})
+            state.update(best_reward=ev["reward"], best_iteration=0)
+            save_model(policy, best_dir, tokenizer_path=policy.tokenizer_path)
     bar = None
     if is_main and cfg.log.progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=p.iterations, initial=start_iter, desc="ppo", unit="iter", dynamic_ncols=True)
-    if start_iter == 0 and p.eval_every:
-        ev = heldout_reward(policy, ref, scorer, tok, eval_prompts, p.max_new_tokens, device)
-        log.write({"step": 0, "split": "val", "iteration": 0, **ev})
-        state.update(best_reward=ev["reward"], best_iteration=0)
-        save_model(policy, best_dir, tokenizer_path=policy.tokenizer_path)
     try:
         for it in range(start_iter, p.iterations):
             if state["stopped_early"]:
                 break
-            g = torch.Generator().manual_seed(p.seed * 100_003 + it)
-            pick = torch.randperm(len(train_prompts), generator=g)[:p.rollout_batch].tolist()
-            prompts = [train_prompts[i] for i in pick]
-            batch, stats = make_rollouts(policy, ref, value, scorer, tok, prompts, p, beta, seed=p.seed * 7 + it,
-                                         device=device)
+            batch, stats = rollouts(it)
             trainer.data = Rollouts(batch, base=trainer.step * trainer.samples_per_step)
             rows = [trainer.train_step() for _ in range(steps_per_iter)]
+            if trainer.bad_steps >= t.max_bad_steps:
+                checkpoint()
+                raise TrainingDiverged(f"ppo: {trainer.bad_steps} consecutive non-finite steps at iteration {it + 1}; "
+                                       f"lower train.lr or ppo.value_lr, then --resume")
             keys = ("loss", "policy_loss", "value_loss", "entropy", "clip_fraction", "ratio", "grad_norm")
+            good = [r for r in rows if not r.get("skipped")] or rows
             row = {"step": trainer.step, "iteration": it + 1, "lr": rows[-1]["lr"], "tokens": trainer.tokens, **stats,
-                   **{k: sum(r[k] for r in rows) / len(rows) for k in keys if k in rows[0]}}
+                   **{k: sum(r[k] for r in good) / len(good) for k in keys if k in good[0]}}
             log.write(row)
             if bar is not None:
                 bar.update(1)
@@ -327,27 +399,24 @@ def ppo(cfg: PPOConfig, run_dir: str | Path, resume: bool = False, scorer=None) 
             if p.eval_every and (it + 1) % p.eval_every == 0:
                 ev = heldout_reward(policy, ref, scorer, tok, eval_prompts, p.max_new_tokens, device)
                 log.write({"step": trainer.step, "split": "val", "iteration": it + 1, **ev})
-                if ev["reward"] > state["best_reward"]:
+                if ev["reward"] > state["best_reward"] + p.min_delta:
                     state.update(best_reward=ev["reward"], best_iteration=it + 1, bad_evals=0)
                     save_model(policy, best_dir, tokenizer_path=policy.tokenizer_path)
                 else:
                     state["bad_evals"] += 1
                     if p.patience and state["bad_evals"] >= p.patience:
                         state["stopped_early"] = True
-                        if bar is not None:
-                            bar.write(f"early stop at iteration {it + 1}: held-out reward has not improved for "
-                                      f"{p.patience} evaluations (best {state['best_reward']:.3f} at iteration "
-                                      f"{state['best_iteration']})")
-            every = cfg.checkpoint.every
-            if every and trainer.step % every == 0:
-                trainer.extra_state["ppo_state"] = dict(state)
-                trainer.save()
+                        msg = (f"early stop at iteration {it + 1}: held-out reward has not improved for "
+                               f"{p.patience} evaluations (best {state['best_reward']:.3f} at iteration "
+                               f"{state['best_iteration']})")
+                        bar.write(msg) if bar is not None else print(msg)
+            if p.save_every and (it + 1) % p.save_every == 0:
+                checkpoint()
     finally:
         if bar is not None:
             bar.close()
         log.close()
-    trainer.extra_state["ppo_state"] = dict(state)
-    trainer.save()
+    checkpoint()
     # with held-out evaluations, the result is the best policy they saw; without, the last one
     final = load_model(best_dir, device=device, dtype=torch.float32) if p.eval_every else policy
     end = heldout_reward(final, ref, scorer, tok, eval_prompts, p.max_new_tokens, device)

@@ -78,11 +78,14 @@ def best_of_k(scores: torch.Tensor) -> torch.Tensor:
 
 def update_pool(pool: dict, prompts: list[Prompt], answers: list[list[str]], scores: torch.Tensor,
                 iteration: int) -> int:
-    """Keep, for every prompt, the best answer over all iterations. Returns how many prompts improved."""
+    """Keep, for every prompt, the best answer over all iterations (-inf scores never enter: answers cut
+    off at max_new_tokens would teach the policy to stop mid-sentence). Returns how many prompts improved."""
     improved = 0
     for p, cands, s, b in zip(prompts, answers, scores, best_of_k(scores).tolist()):
         key = json.dumps(p.messages, sort_keys=True)
         score = float(s[b])
+        if score == float("-inf"):
+            continue
         if key not in pool or score > pool[key]["score"]:
             pool[key] = {"messages": p.messages, "answer": cands[b], "score": score, "iteration": iteration}
             improved += 1
@@ -90,7 +93,8 @@ def update_pool(pool: dict, prompts: list[Prompt], answers: list[list[str]], sco
 
 
 def sample_k(policy, tokenizer, prompts: list[Prompt], k: int, temperature: float, max_new_tokens: int,
-             seed: int) -> list[list[str]]:
+             seed: int, with_truncation: bool = False):
+    """k answers per prompt ([N][k] strings); with_truncation: also [N][k] flags of answers cut off."""
     from camelid.chat_format import encode_dialog
     from camelid.infer import generate
 
@@ -98,7 +102,11 @@ def sample_k(policy, tokenizer, prompts: list[Prompt], k: int, temperature: floa
     outs = generate(policy.eval(), [i for i in ids for _ in range(k)], max_new_tokens=max_new_tokens,
                     temperature=temperature, top_p=1.0, seed=seed, stop_ids=[tokenizer.eos_id])
     texts = [tokenizer.decode(o).strip() for o in outs]
-    return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]
+    answers = [texts[i * k:(i + 1) * k] for i in range(len(prompts))]
+    if not with_truncation:
+        return answers
+    cut = [len(o) >= max_new_tokens for o in outs]
+    return answers, [cut[i * k:(i + 1) * k] for i in range(len(prompts))]
 
 
 def load_scorer(helpful_path: str, safety_path: str, tokenizer, device) -> RewardScorer:
@@ -165,9 +173,11 @@ def rejection_sampling(cfg: RSConfig, run_dir: str | Path, scorer=None) -> dict:
             continue
         prompts = load_prompts(r.prompts, "train", n=r.prompts_per_iteration, seed=r.seed * 1000 + it)
         ts = time.perf_counter()
-        answers = sample_k(policy, tok, prompts, r.k, r.temperature, r.max_new_tokens, seed=r.seed * 1000 + it)
+        answers, cut = sample_k(policy, tok, prompts, r.k, r.temperature, r.max_new_tokens, seed=r.seed * 1000 + it,
+                                with_truncation=True)
         flat = scorer.score([p for p in prompts for _ in range(r.k)], [a for cands in answers for a in cands])
-        scores = flat["combined"].view(len(prompts), r.k)
+        raw = flat["combined"].view(len(prompts), r.k)
+        scores = raw.masked_fill(torch.tensor(cut), float("-inf"))
         improved = update_pool(pool, prompts, answers, scores, it)
         it_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(it_dir / "pool.jsonl", "".join(json.dumps(v) + "\n" for v in pool.values()))
@@ -184,7 +194,9 @@ def rejection_sampling(cfg: RSConfig, run_dir: str | Path, scorer=None) -> dict:
         sft(load_sft_config(None, sft_over), it_dir / "sft", resume=True, quiet=True)
         policy_path = it_dir / "sft" / "model"
         policy = load_model(policy_path, device=device, dtype=torch.float32)
-        row = {"iteration": it, "sample_mean": scores.mean().item(), "best_mean": scores.max(1).values.mean().item(),
+        finite = scores.max(1).values.isfinite()
+        row = {"iteration": it, "sample_mean": raw.mean().item(), "truncated": float(torch.tensor(cut).float().mean()),
+               "best_mean": scores.max(1).values[finite].mean().item() if finite.any() else float("nan"),
                "pool_size": len(pool), "pool_mean": sum(v["score"] for v in pool.values()) / len(pool),
                "improved": improved, "heldout_reward": heldout(policy, scorer, tok, eval_prompts, r.max_new_tokens),
                "sampling_seconds": sampling_s}

@@ -193,14 +193,15 @@ class Trainer:
         finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
         if finite:
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # a stage may train some parameters faster
             self.optimizer.step()
             self.bad_steps = 0
         else:
             self.bad_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self.tokens += int(n_targets)
+        if finite:
+            self.tokens += int(n_targets)
         row = {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm), "tokens": self.tokens,
                **extra}
         if not finite:

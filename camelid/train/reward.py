@@ -203,11 +203,16 @@ def fit_calibration(scores: torch.Tensor, labels: torch.Tensor, steps: int = 200
 
 def calibration_data(chosen, rejected, pairs) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Each response's score with its judge label (score >= 0.5), where the pairs carry judge scores."""
-    xs, ys = [], []
+    xs, ys, seen = [], [], set()
     for c, r, p in zip(chosen.tolist(), rejected.tolist(), pairs):
-        if "chosen" in p.scores:
-            xs += [c, r]
-            ys += [p.scores["chosen"] >= 0.5, p.scores["rejected"] >= 0.5]
+        if "chosen" not in p.scores:
+            continue
+        for score, answer, judged in ((c, p.chosen, p.scores["chosen"]), (r, p.rejected, p.scores["rejected"])):
+            key = (json.dumps(p.prompt, sort_keys=True), answer)
+            if key not in seen:  # an answer appears in several pairs: count it once
+                seen.add(key)
+                xs.append(score)
+                ys.append(judged >= 0.5)
     return (torch.tensor(xs), torch.tensor(ys)) if xs else None
 
 
