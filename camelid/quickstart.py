@@ -26,8 +26,7 @@ SMOKE = {  # every stage at toy size: proves the pipeline works in seconds (the 
                  "train.max_steps=20", "train.warmup_steps=2", "log.every=5", "log.val_every=10",
                  "log.val_batches=1", "checkpoint.every=10"],
     "sft": ["sft.dialogs=240", "sft.instruction_dialogs=24", "sft.batch_size=8", "train.max_steps=6",
-            "sft.seq_len=128", "sft.val_n=16",
-            "sft.eval_n=18", "sft.eval_gatt=4", "sft.gatt_turns=3"],
+            "sft.seq_len=128", "sft.val_n=8", "sft.eval_n=20", "sft.eval_gatt=2", "sft.gatt_turns=3"],
 }
 
 
