@@ -1,0 +1,111 @@
+"""One-GPU training throughput of a ~1B Llama-2-style model: camelid (bf16 autocast, torch.compile per
+block, flash SDPA, selective activation checkpointing, fused AdamW) against transformers'
+LlamaForCausalLM (bf16 autocast, SDPA, eager) on the same config, batch and optimizer, in one process.
+
+    python bench/gpu_train.py [--steps 10] [--batch 4] [--seq 2048] [--json out.json]
+
+MFU = tokens/s x (6 (N - embedding) + 12 L H Q T) / the card's dense bf16 peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+from camelid.checkpoint import to_hf_state_dict
+from camelid.model import ModelArgs, Transformer
+from camelid.parallel import apply_ac, apply_compile
+from camelid.train.metrics import flops_per_token, peak_flops
+
+ONE_B = dict(dim=2048, n_layers=18, n_heads=16, n_kv_heads=8, ffn_hidden_dim=5632, vocab_size=32000,
+             max_seq_len=2048, norm_eps=1e-5)
+
+
+def run(model, forward, batch, seq, steps, warmup, vocab):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1, fused=True)
+    x = torch.randint(0, vocab, (batch, seq), device="cuda")
+    y = torch.randint(0, vocab, (batch, seq), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = F.cross_entropy(forward(x).flatten(0, 1).float(), y.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    dt = (time.perf_counter() - t) / steps
+    return batch * seq / dt, torch.cuda.max_memory_allocated() / 2**30
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=2048)
+    p.add_argument("--skip-transformers", action="store_true")
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    args = ModelArgs(**ONE_B)
+    fpt = flops_per_token(args, a.seq)
+    device = torch.device("cuda")
+    peak = peak_flops(device, torch.bfloat16)
+    name = torch.cuda.get_device_name(device)
+    print(f"{name}: {args.num_params() / 1e9:.2f}B params, batch {a.batch} x {a.seq}, peak {peak / 1e12:.0f} TFLOP/s, "
+          f"torch {torch.__version__}")
+    results = {"device": name, "torch": torch.__version__, "config": ONE_B, "batch": [a.batch, a.seq], "runs": []}
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Transformer(args)
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    apply_ac(model, "selective")
+    apply_compile(model)
+    t0 = time.perf_counter()
+    tps, mem = run(model, model, a.batch, a.seq, a.steps, a.warmup, args.vocab_size)
+    results["runs"].append({"model": "camelid (compile, selective AC)", "tokens_per_s": tps, "mfu": tps * fpt / peak,
+                            "peak_mem_gib": mem, "seconds_incl_compile": time.perf_counter() - t0})
+    print(f"  camelid       {tps:10.0f} tokens/s  MFU {100 * tps * fpt / peak:5.1f}%  peak mem {mem:5.1f} GiB")
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+
+    if not a.skip_transformers:
+        import transformers
+
+        cfg = transformers.LlamaConfig(hidden_size=args.dim, intermediate_size=args.hidden_dim,
+                                       num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads,
+                                       num_key_value_heads=args.kv_heads, vocab_size=args.vocab_size,
+                                       rms_norm_eps=args.norm_eps, max_position_embeddings=args.max_seq_len,
+                                       tie_word_embeddings=False, attn_implementation="sdpa")
+        hf = transformers.LlamaForCausalLM(cfg)
+        hf.load_state_dict(to_hf_state_dict(sd, args), strict=False)
+        hf = hf.cuda().train()
+        hf.gradient_checkpointing_enable()  # without it a 1B model at this batch may not fit beside the optimizer
+        tps_hf, mem_hf = run(hf, lambda x: hf(input_ids=x).logits, a.batch, a.seq, a.steps, a.warmup, args.vocab_size)
+        results["runs"].append({"model": "transformers (eager, sdpa, gradient checkpointing)", "tokens_per_s": tps_hf,
+                                "mfu": tps_hf * fpt / peak, "peak_mem_gib": mem_hf})
+        print(f"  transformers  {tps_hf:10.0f} tokens/s  MFU {100 * tps_hf * fpt / peak:5.1f}%  peak mem {mem_hf:5.1f} GiB")
+        print(f"  camelid / transformers: {tps / tps_hf:.2f}x")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
