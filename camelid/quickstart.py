@@ -7,6 +7,11 @@ output is already complete (so an interrupted quickstart picks up where it stopp
     data/       token shards of the embedded mixture, with a held-out split per source
     pretrain/   a small LLaMA pre-trained from scratch (metrics, checkpoints, loss plot, final model)
     sft/        chat fine-tuning on the proving ground (camelid.tasks); held-out accuracy of base and SFT
+    rm-helpful/ rm-safety/   the two reward models, with their accuracy by rating (Llama-2 Table 8)
+    rs/         rejection-sampling fine-tuning on the combined reward
+    ppo/        PPO on the combined reward with a KL penalty to the SFT model
+    gatt/       Ghost Attention fine-tuning of the PPO policy
+    report_card.md / .json   every stage measured the same way on held-out prompts
 """
 
 from __future__ import annotations
@@ -27,6 +32,14 @@ SMOKE = {  # every stage at toy size: proves the pipeline works in seconds (the 
                  "log.val_batches=1", "checkpoint.every=10"],
     "sft": ["sft.dialogs=240", "sft.instruction_dialogs=24", "sft.batch_size=8", "train.max_steps=6",
             "sft.seq_len=128", "sft.val_n=8", "sft.eval_n=20", "sft.eval_gatt=2", "sft.gatt_turns=3"],
+    "rm": ["rm.prompts=24", "rm.val_prompts=16", "rm.samples=1", "rm.batch_pairs=16", "rm.epochs=1",
+           "rm.max_len=96", "train.micro_batch=8"],
+    "rs": ["rs.prompts_per_iteration=16", "rs.k=2", "rs.max_new_tokens=8", "rs.eval_n=8", "rs.batch_size=8"],
+    "ppo": ["ppo.iterations=2", "ppo.rollout_batch=16", "ppo.minibatch=8", "ppo.max_new_tokens=8",
+            "ppo.eval_every=1", "ppo.eval_n=8", "train.micro_batch=8"],
+    "gatt": ["sft.dialogs=120", "sft.instruction_dialogs=16", "sft.gatt=16", "sft.batch_size=8", "train.max_steps=4",
+             "sft.seq_len=128", "sft.val_n=8", "sft.eval_n=20", "sft.eval_gatt=2", "sft.gatt_turns=3"],
+    "report_n": 20,
 }
 
 
@@ -58,7 +71,7 @@ def quickstart(out: str | Path = "runs/quickstart", smoke: bool = False, overrid
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
+    timings = StageTimes(out / "timings.json")
     report: dict = {"out": str(out), "smoke": smoke}
 
     t = time.perf_counter()
@@ -102,6 +115,31 @@ def quickstart(out: str | Path = "runs/quickstart", smoke: bool = False, overrid
          "held-out proving-ground accuracy before and after")
     report["sft"] = stage_sft(out, smoke)
     timings["sft"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _say("5. reward models (Llama-2 §3.2.2): helpfulness and safety, ranking loss with a rating margin")
+    report["rm"] = stage_reward_models(out, smoke)
+    timings["rm"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _say("6. rejection sampling: best of K by the combined reward, pooled over iterations, fine-tuned")
+    report["rs"] = stage_rs(out, smoke)
+    timings["rs"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _say("7. PPO: combined reward, whitened, minus beta * KL to the SFT model; clipped surrogate")
+    report["ppo"] = stage_ppo(out, smoke)
+    timings["ppo"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _say("8. Ghost Attention: the system instruction kept in turn 1 only, the loss on the last turn only")
+    report["gatt"] = stage_gatt(out, smoke)
+    timings["gatt"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _say("9. report card: every stage's policy on the same held-out prompts")
+    report["report_card"] = stage_report_card(out, smoke, timings)
+    timings["report_card"] = time.perf_counter() - t
 
     report["seconds"] = timings
     report["total_seconds"] = sum(timings.values())
@@ -149,6 +187,122 @@ def stage_sft(out: Path, smoke: bool) -> dict:
             "model": str(run / "model")}
 
 
+class StageTimes(dict):
+    """Seconds per stage, kept in a file: a stage skipped on a re-run keeps the time it took when it ran."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+        self.saved = json.loads(path.read_text()) if path.exists() else {}
+
+    def __setitem__(self, stage: str, seconds: float) -> None:
+        # under a second means the stage found its output and skipped: report the run that made it
+        value = self.saved.get(stage, seconds) if seconds < 1.0 else seconds
+        super().__setitem__(stage, value)
+        self.saved[stage] = value
+        self.path.write_text(json.dumps(self.saved, indent=2) + "\n")
+
+
+def _models(out: Path) -> dict[str, Path]:
+    return {"base": out / "pretrain" / "model", "sft": out / "sft" / "model", "rm-helpful": out / "rm-helpful" / "model",
+            "rm-safety": out / "rm-safety" / "model", "rs": out / "rs" / "model", "ppo": out / "ppo" / "model",
+            "gatt": out / "gatt" / "model"}
+
+
+def stage_reward_models(out: Path, smoke: bool) -> dict:
+    """Both reward models from the SFT model; the base model's answers join the candidates (often unsafe)."""
+    from camelid.train.reward import format_table, load_rm_config, train_reward_model
+
+    m = _models(out)
+    result = {}
+    for kind in ("helpful", "safety"):
+        run = out / f"rm-{kind}"
+        if (run / "rm_report.json").exists() and (run / "model" / "config.json").exists():
+            report = json.loads((run / "rm_report.json").read_text())
+            print(f"{run}: complete; skipped")
+        else:
+            cfg = load_rm_config("quickstart-rm", [f"model.init_from={m['sft']}", f"rm.kind={kind}",
+                                                   f"rm.base_model={m['base']}"] + (SMOKE["rm"] if smoke else []))
+            report = train_reward_model(cfg, run, resume=True)
+        print(format_table(report["accuracy"], f"{kind} reward model, held-out accuracy (%) by rating:"))
+        result[kind] = {"accuracy": report["accuracy"], "calibration": report.get("calibration"),
+                        "train_pairs": report["train_pairs"], "val_pairs": report.get("val_pairs")}
+    return result
+
+
+def stage_rs(out: Path, smoke: bool) -> dict:
+    from camelid.rlhf.rs import load_rs_config, rejection_sampling
+
+    m, run = _models(out), out / "rs"
+    if (run / "summary.json").exists() and (run / "model" / "config.json").exists():
+        print(f"{run}: complete; skipped")
+        return json.loads((run / "summary.json").read_text())
+    cfg = load_rs_config("quickstart-rs", [f"model.init_from={m['sft']}", f"rs.reward_helpful={m['rm-helpful']}",
+                                           f"rs.reward_safety={m['rm-safety']}"] + (SMOKE["rs"] if smoke else []))
+    return rejection_sampling(cfg, run)
+
+
+def stage_ppo(out: Path, smoke: bool) -> dict:
+    from camelid.rlhf.ppo import load_ppo_config, ppo
+
+    m, run = _models(out), out / "ppo"
+    if (run / "summary.json").exists() and (run / "model" / "config.json").exists():
+        print(f"{run}: complete; skipped")
+        return json.loads((run / "summary.json").read_text())
+    cfg = load_ppo_config("quickstart-ppo", [f"model.init_from={m['rs']}", f"ppo.reward_helpful={m['rm-helpful']}",
+                                             f"ppo.reward_safety={m['rm-safety']}"] + (SMOKE["ppo"] if smoke else []))
+    return ppo(cfg, run, resume=True)
+
+
+def stage_gatt(out: Path, smoke: bool) -> dict:
+    from camelid.train.sft import load_sft_config, sft
+
+    m, run = _models(out), out / "gatt"
+    if (run / "summary.json").exists() and (run / "eval.json").exists():
+        print(f"{run}: complete; skipped")
+        summary = json.loads((run / "summary.json").read_text())
+    else:
+        cfg = load_sft_config("quickstart-gatt", [f"model.init_from={m['ppo']}"] + (SMOKE["gatt"] if smoke else []))
+        summary = sft(cfg, run, resume=True)
+    return {"steps": summary["steps"], "seconds": summary["seconds"], "eval": summary.get("eval")}
+
+
+def stage_report_card(out: Path, smoke: bool, timings: dict) -> dict:
+    """Measure base, SFT, RS, PPO and GAtt policies on the same held-out prompts; the RM row has the RMs' accuracy."""
+    from camelid.checkpoint import load_model
+    from camelid.report_card import measure_policy, write_report_card
+    from camelid.rlhf.rs import load_scorer
+    from camelid.tokenizer import Tokenizer
+
+    m = _models(out)
+    cache = out / "report_card.json"
+    if cache.exists() and cache.stat().st_mtime > max((m[k] / "config.json").stat().st_mtime for k in m):
+        card = json.loads(cache.read_text())
+    else:
+        sft_model = load_model(m["sft"])
+        tok = Tokenizer(sft_model.tokenizer_path)
+        scorer = load_scorer(str(m["rm-helpful"]), str(m["rm-safety"]), tok, "cpu")
+        n = SMOKE["report_n"] if smoke else 180
+        stages = []
+        seconds = {"base": timings.get("pretrain"), "sft": timings.get("sft"), "rs": timings.get("rs"),
+                   "ppo": timings.get("ppo"), "gatt": timings.get("gatt")}
+        for name in ("base", "sft", "rm", "rs", "ppo", "gatt"):
+            if name == "rm":
+                rm = {k: json.loads((out / f"rm-{k}" / "rm_report.json").read_text())["accuracy"]["average"]
+                      for k in ("helpful", "safety")}
+                stages.append({"name": "rm", "seconds": timings.get("rm"), "rm_accuracy": rm})
+                continue
+            policy = load_model(m[name])
+            row = measure_policy(policy, tok, scorer, sft_model, n=n, seed=0, gatt_dialogs=6 if smoke else 24)
+            stages.append({"name": name, "seconds": seconds.get(name), **row})
+        write_report_card(stages, out, {"smoke": smoke})
+        card = json.loads(cache.read_text())
+    from camelid.report_card import render
+    print(render(card["stages"]))
+    print(f"written to {out / 'report_card.md'} and {cache}")
+    return card
+
+
 def _sample(model_dir: Path, prompt: str, max_new_tokens: int = 40) -> str | None:
     try:
         from camelid.infer import generate
@@ -167,9 +321,11 @@ def _sample(model_dir: Path, prompt: str, max_new_tokens: int = 40) -> str | Non
 
 
 def add_arguments(p) -> None:
-    p.description = ("Run the LLaMA recipe end to end on this machine with the embedded corpus: train a tokenizer, "
-                     "prepare the data, pre-train a small model; print perplexity before and after, save the loss "
-                     "plot and print a sample. Re-running continues where it stopped.")
+    p.description = ("Run the LLaMA / Llama-2 recipe end to end on this machine with the embedded corpus: train a "
+                     "tokenizer, prepare the data, pre-train a small model, fine-tune it into a chat model, train "
+                     "helpfulness and safety reward models, improve the policy with rejection sampling and PPO, "
+                     "add Ghost Attention, and print a report card of every stage. Re-running continues where it "
+                     "stopped.")
     p.add_argument("--out", default="runs/quickstart", help="output directory")
     p.add_argument("--smoke", action="store_true", help="every stage at toy size (well under 90 seconds)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

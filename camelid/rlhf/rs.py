@@ -185,19 +185,24 @@ def rejection_sampling(cfg: RSConfig, run_dir: str | Path, scorer=None) -> dict:
             {"role": "assistant", "content": v["answer"]}]}) + "\n" for v in pool.values()))
         sampling_s = time.perf_counter() - ts
         # Fine-tune the newest policy on the pool with the SFT stage itself.
-        sft_over = [f"model.init_from={policy_path}", f"sft.data={it_dir / 'sft.jsonl'}", f"sft.epochs={r.epochs}",
-                    f"sft.batch_size={r.batch_size}", "sft.eval_n=0", f"sft.seed={r.seed + it}"] + \
-                   [f"train.{k}={json.dumps(getattr(t, k))}" for k in ("lr", "weight_decay", "warmup_steps",
-                                                                      "min_lr_ratio", "micro_batch", "dtype", "seed",
-                                                                      "grad_clip", "device")] + \
-                   [f"log.progress={json.dumps(cfg.log.progress)}"]
-        sft(load_sft_config(None, sft_over), it_dir / "sft", resume=True, quiet=True)
-        policy_path = it_dir / "sft" / "model"
-        policy = load_model(policy_path, device=device, dtype=torch.float32)
+        if pool:
+            sft_over = [f"model.init_from={policy_path}", f"sft.data={it_dir / 'sft.jsonl'}", f"sft.epochs={r.epochs}",
+                        f"sft.batch_size={r.batch_size}", "sft.eval_n=0", f"sft.seed={r.seed + it}"] + \
+                       [f"train.{k}={json.dumps(getattr(t, k))}" for k in ("lr", "weight_decay", "warmup_steps",
+                                                                          "min_lr_ratio", "micro_batch", "dtype",
+                                                                          "seed", "grad_clip", "device")] + \
+                       [f"log.progress={json.dumps(cfg.log.progress)}"]
+            sft(load_sft_config(None, sft_over), it_dir / "sft", resume=True, quiet=True)
+            policy_path = it_dir / "sft" / "model"
+            policy = load_model(policy_path, device=device, dtype=torch.float32)
+        else:
+            print(f"rs iteration {it}: every sample was cut off at {r.max_new_tokens} tokens; nothing to fine-tune on "
+                  f"(raise rs.max_new_tokens); the policy is unchanged")
         finite = scores.max(1).values.isfinite()
         row = {"iteration": it, "sample_mean": raw.mean().item(), "truncated": float(torch.tensor(cut).float().mean()),
                "best_mean": scores.max(1).values[finite].mean().item() if finite.any() else float("nan"),
-               "pool_size": len(pool), "pool_mean": sum(v["score"] for v in pool.values()) / len(pool),
+               "pool_size": len(pool),
+               "pool_mean": sum(v["score"] for v in pool.values()) / len(pool) if pool else float("nan"),
                "improved": improved, "heldout_reward": heldout(policy, scorer, tok, eval_prompts, r.max_new_tokens),
                "sampling_seconds": sampling_s}
         log.write({"step": it, **row})
