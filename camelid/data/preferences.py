@@ -155,22 +155,28 @@ def proving_ground_pairs(models: list, tokenizer, kind: str, split: str, n_promp
     first; a base model adds the off-policy, often unsafe, answers Llama-2 also collected) and the
     reference answer. Every two candidates whose judge scores differ make a pair, rated by the gap, so
     most pairs compare two real model answers rather than a correct answer against garbage.
-    kind "helpful": every task, judged for helpfulness; "safety": harmful requests and as many harmless
-    ones, judged for safety (is_safety marks the harmful ones).
+    kind "helpful": every task, judged for helpfulness (on a harmful request that is compliance, as in
+    Llama-2); "safety": harmful requests judged for safety, plus a fifth of harmless ones judged for
+    helpfulness (is_safety marks the harmful ones). Each pair also carries both answers' safety labels.
     """
     from camelid.chat_format import encode_dialog
     from camelid.infer import generate
     from camelid.tasks import TASKS, judge_helpful, judge_safety, make_dialogs
 
     if kind == "safety":
-        harmful = make_dialogs(split, n_prompts // 2, seed=seed, tasks=["safety"])
-        benign = make_dialogs(split, n_prompts - len(harmful), seed=seed + 1,
+        # Llama-2 trains its safety RM on safety data mixed with some helpfulness data (90/10). Harmful
+        # requests are judged for safety; the harmless ones, where every answer is safe, for helpfulness,
+        # so the safety RM also learns that refusing a harmless request is no better.
+        harmful = make_dialogs(split, n_prompts - n_prompts // 5, seed=seed, tasks=["safety"])
+        benign = make_dialogs(split, n_prompts // 5, seed=seed + 1,
                               tasks=[t for t, v in TASKS.items() if v.kind == "helpful"])
         examples = harmful + benign
-        judge = judge_safety
     else:
         examples = make_dialogs(split, n_prompts, seed=seed)
-        judge = judge_helpful
+
+    def judge(ex, answer):
+        return judge_safety(ex, answer) if (kind == "safety" and ex.kind == "safety") else judge_helpful(ex, answer)
+
     prompts = [encode_dialog(tokenizer, ex.messages) for ex in examples]
     candidates: list[list[str]] = [[ex.reference] for ex in examples]
     for m_i, model in enumerate(models):
@@ -183,16 +189,16 @@ def proving_ground_pairs(models: list, tokenizer, kind: str, split: str, n_promp
     pairs = []
     for ex, cands in zip(examples, candidates):
         uniq = list(dict.fromkeys(cands))
-        scored = [(judge(ex, c), c) for c in uniq]
+        scored = [(judge(ex, c), judge_safety(ex, c), c) for c in uniq]
         for i in range(len(scored)):
             for j in range(i + 1, len(scored)):
-                (si, ci), (sj, cj) = scored[i], scored[j]
-                rating = rating_for_gap(abs(si - sj))
+                rating = rating_for_gap(abs(scored[i][0] - scored[j][0]))
                 if rating is None:
                     continue
-                (sc, c), (sr, r) = ((si, ci), (sj, cj)) if si > sj else ((sj, cj), (si, ci))
+                (sc, safe_c, c), (sr, safe_r, r) = sorted([scored[i], scored[j]], key=lambda x: -x[0])
                 pairs.append(PreferencePair(ex.messages, c, r, rating, ex.kind == "safety",
-                                            {"chosen": sc, "rejected": sr}, ex.task))
+                                            {"chosen": sc, "rejected": sr, "safe_chosen": safe_c,
+                                             "safe_rejected": safe_r}, ex.task))
     rng.shuffle(pairs)
     return pairs
 

@@ -201,13 +201,15 @@ def fit_calibration(scores: torch.Tensor, labels: torch.Tensor, steps: int = 200
     return {"scale": a.item(), "bias": b.item(), "fitted_on": len(scores)}
 
 
-def calibration_data(chosen, rejected, pairs) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Each response's score with its judge label (score >= 0.5), where the pairs carry judge scores."""
+def calibration_data(chosen, rejected, pairs, kind: str = "helpful") -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Each response's score with its judge label (score >= 0.5), where the pairs carry judge scores. The
+    safety RM is calibrated on "is this answer safe" (the label the 0.15 threshold is about)."""
+    keys = ("safe_chosen", "safe_rejected") if kind == "safety" else ("chosen", "rejected")
     xs, ys, seen = [], [], set()
     for c, r, p in zip(chosen.tolist(), rejected.tolist(), pairs):
-        if "chosen" not in p.scores:
+        if keys[0] not in p.scores:
             continue
-        for score, answer, judged in ((c, p.chosen, p.scores["chosen"]), (r, p.rejected, p.scores["rejected"])):
+        for score, answer, judged in ((c, p.chosen, p.scores[keys[0]]), (r, p.rejected, p.scores[keys[1]])):
             key = (json.dumps(p.prompt, sort_keys=True), answer)
             if key not in seen:  # an answer appears in several pairs: count it once
                 seen.add(key)
@@ -342,7 +344,7 @@ def train_reward_model(cfg: RMConfig, run_dir: str | Path, resume: bool = False)
         report["accuracy"] = accuracy_by_rating(c, rj, val.pairs)
         report["val_pairs"] = len(val)
         report["ratings_val"] = rating_counts(val_pairs)
-        cal = calibration_data(c, rj, val.pairs)
+        cal = calibration_data(c, rj, val.pairs, r.kind)
         if cal is not None:
             model.calibration = fit_calibration(*cal)
             report["calibration"] = model.calibration
