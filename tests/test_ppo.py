@@ -84,6 +84,7 @@ def test_ppo_raises_a_known_reward_with_bounded_kl(smoke_run, tmp_path):
     cfg = load_ppo_config(None, [
         f"model.init_from={smoke_run[0] / 'pretrain' / 'model'}", "ppo.iterations=12", "ppo.rollout_batch=32",
         "ppo.minibatch=16", "ppo.max_new_tokens=24", "ppo.eval_every=0", "ppo.eval_n=8", "ppo.beta=0.05",
+        "ppo.value_lr=1e-3",
         "train.lr=3e-3", "train.micro_batch=8", "log.progress=false"])
     summary = ppo(cfg, tmp_path / "ppo", scorer=ShortAnswers())
     rows = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
