@@ -96,9 +96,9 @@ class CheckpointConfig:
 
 
 @dataclass
-class Config:
+class StageConfig:
+    """What every stage shares; a stage's config adds its own section (data, sft, rm, rs, ppo)."""
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -108,6 +108,12 @@ class Config:
 
     def to_toml(self) -> str:
         return to_toml(self.to_dict())
+
+
+@dataclass
+class Config(StageConfig):
+    """Pre-training."""
+    data: DataConfig = field(default_factory=DataConfig)
 
 
 # ----------------------------------------------------------------------------------------- build & check

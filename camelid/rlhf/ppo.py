@@ -22,8 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from camelid.config import CheckpointConfig, ConfigError, LogConfig, ModelConfig, TrainConfig, load_config, \
-    resolve_config_path
+from camelid.config import ConfigError, StageConfig, load_config, resolve_config_path
 from camelid.errors import CamelidError
 from camelid.fsutil import atomic_write_json, atomic_write_text
 from camelid.reward_model import RewardModel, whiten
@@ -62,20 +61,8 @@ class PPOSection:
 
 
 @dataclass
-class PPOConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)  # model.init_from: the policy (SFT or RS checkpoint)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+class PPOConfig(StageConfig):  # model.init_from: the policy (an SFT or rejection-sampling checkpoint)
     ppo: PPOSection = field(default_factory=PPOSection)
-
-    def to_dict(self) -> dict:
-        import dataclasses
-        return dataclasses.asdict(self)
-
-    def to_toml(self) -> str:
-        from camelid.config import to_toml
-        return to_toml(self.to_dict())
 
 
 # Llama-2: AdamW (0.9, 0.95, eps 1e-5), weight decay 0.1, clipping 1.0, constant LR 1e-6.

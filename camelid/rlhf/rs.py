@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-from camelid.config import CheckpointConfig, ConfigError, LogConfig, ModelConfig, TrainConfig, load_config, \
-    resolve_config_path
+from camelid.config import ConfigError, StageConfig, load_config, resolve_config_path
 from camelid.errors import CamelidError
 from camelid.fsutil import atomic_write_json, atomic_write_text
 from camelid.rlhf.rewards import Prompt, RewardScorer, load_prompts
@@ -43,20 +42,8 @@ class RSSection:
 
 
 @dataclass
-class RSConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+class RSConfig(StageConfig):
     rs: RSSection = field(default_factory=RSSection)
-
-    def to_dict(self) -> dict:
-        import dataclasses
-        return dataclasses.asdict(self)
-
-    def to_toml(self) -> str:
-        from camelid.config import to_toml
-        return to_toml(self.to_dict())
 
 
 RS_DEFAULTS = {"train": {"lr": 2e-5, "weight_decay": 0.1, "warmup_steps": 0, "min_lr_ratio": 0.1, "micro_batch": 8},

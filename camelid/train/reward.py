@@ -26,8 +26,7 @@ from pathlib import Path
 
 import torch
 
-from camelid.config import CheckpointConfig, ConfigError, LogConfig, ModelConfig, TrainConfig, load_config, \
-    resolve_config_path
+from camelid.config import ConfigError, StageConfig, load_config, resolve_config_path
 from camelid.data.preferences import PreferencePair, load_pairs, pairs_hash, proving_ground_pairs, rating_counts, \
     save_pairs
 from camelid.errors import CamelidError
@@ -59,20 +58,8 @@ class RMSection:
 
 
 @dataclass
-class RMConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+class RMConfig(StageConfig):
     rm: RMSection = field(default_factory=RMSection)
-
-    def to_dict(self) -> dict:
-        import dataclasses
-        return dataclasses.asdict(self)
-
-    def to_toml(self) -> str:
-        from camelid.config import to_toml
-        return to_toml(self.to_dict())
 
 
 RM_DEFAULTS = {"train": {"lr": 1e-5, "min_lr_ratio": 0.1, "weight_decay": 0.1, "micro_batch": 8},

@@ -29,8 +29,7 @@ from pathlib import Path
 
 import torch
 
-from camelid.config import CheckpointConfig, ConfigError, LogConfig, ModelConfig, TrainConfig, load_config, \
-    resolve_config_path
+from camelid.config import ConfigError, StageConfig, load_config, resolve_config_path
 from camelid.errors import CamelidError
 from camelid.fsutil import atomic_write_json, atomic_write_text
 from camelid.train.loop import DistInfo, Trainer, resolve_device
@@ -61,20 +60,8 @@ class SFTSection:
 
 
 @dataclass
-class SFTConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+class SFTConfig(StageConfig):
     sft: SFTSection = field(default_factory=SFTSection)
-
-    def to_dict(self) -> dict:
-        import dataclasses
-        return dataclasses.asdict(self)
-
-    def to_toml(self) -> str:
-        from camelid.config import to_toml
-        return to_toml(self.to_dict())
 
 
 # Llama-2 §3.1 (the paper does not give SFT warmup; none). batch_tokens is derived: batch_size x seq_len.
