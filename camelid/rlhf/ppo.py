@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from camelid.config import ConfigError, StageConfig, load_config, resolve_config_path
+from camelid.data.padding import pad_right
 from camelid.errors import CamelidError
 from camelid.fsutil import atomic_write_json, atomic_write_text
 from camelid.reward_model import RewardModel, whiten
@@ -175,6 +176,15 @@ def sequence_logprobs(model, inp, target, mask, chunk: int = 16, temperature: fl
     return torch.cat(out)
 
 
+def answer_batch(prompts: list[list[int]], answers: list[list[int]]):
+    """prompt + answer rows, right-padded: (tokens, mask of real tokens, mask of answer tokens)."""
+    tokens, mask = pad_right([p + a for p, a in zip(prompts, answers)])
+    resp = torch.zeros_like(mask)
+    for r, (p, a) in enumerate(zip(prompts, answers)):
+        resp[r, len(p):len(p) + len(a)] = True
+    return tokens, mask, resp
+
+
 @torch.no_grad()
 def make_rollouts(policy, ref, value, scorer: RewardScorer, tokenizer, prompts: list[Prompt], p: PPOSection,
                   beta: float, seed: int, device, autocast=None) -> tuple[dict, dict]:
@@ -190,15 +200,7 @@ def make_rollouts(policy, ref, value, scorer: RewardScorer, tokenizer, prompts: 
                     seed=seed, stop_ids=[tokenizer.eos_id])
     responses = [o + [tokenizer.eos_id] if len(o) < p.max_new_tokens else o for o in outs]  # learn to stop
     texts = [tokenizer.decode([t for t in o if t != tokenizer.eos_id]) for o in outs]
-    seqs = [a + b for a, b in zip(prompt_ids, responses)]
-    L = max(len(s) for s in seqs)
-    tokens = torch.zeros(len(seqs), L, dtype=torch.long)
-    mask = torch.zeros(len(seqs), L, dtype=torch.bool)
-    resp = torch.zeros(len(seqs), L, dtype=torch.bool)
-    for r, (a, b) in enumerate(zip(prompt_ids, responses)):
-        tokens[r, :len(a) + len(b)] = torch.tensor(a + b)
-        mask[r, :len(a) + len(b)] = True
-        resp[r, len(a):len(a) + len(b)] = True
+    tokens, mask, resp = answer_batch(prompt_ids, responses)
     inp, target, imask, rmask = tokens[:, :-1], tokens[:, 1:], mask[:, :-1], resp[:, 1:]
     inp, target, imask, rmask = (x.to(device) for x in (inp, target, imask, rmask))
     # the same precision as the training step, so the first ratio is exactly 1 and the KL starts at 0
@@ -246,15 +248,7 @@ def heldout_reward(policy, ref, scorer: RewardScorer, tokenizer, prompts: list[P
 @torch.no_grad()
 def sequence_kl(policy, ref, prompt_ids, outs, eos_id, device) -> float:
     """Mean over sequences of sum_t log pi(y_t) - log pi_ref(y_t) on the given answers."""
-    seqs = [a + b + [eos_id] for a, b in zip(prompt_ids, outs)]
-    L = max(len(s) for s in seqs)
-    tokens = torch.zeros(len(seqs), L, dtype=torch.long)
-    mask = torch.zeros(len(seqs), L, dtype=torch.bool)
-    resp = torch.zeros(len(seqs), L, dtype=torch.bool)
-    for r, (a, s) in enumerate(zip(prompt_ids, seqs)):
-        tokens[r, :len(s)] = torch.tensor(s)
-        mask[r, :len(s)] = True
-        resp[r, len(a):len(s)] = True
+    tokens, mask, resp = answer_batch(prompt_ids, [o + [eos_id] for o in outs])
     inp, tgt, m, rm = (x.to(device) for x in (tokens[:, :-1], tokens[:, 1:], mask[:, :-1], resp[:, 1:]))
     diff = sequence_logprobs(policy, inp, tgt, m) - sequence_logprobs(ref, inp, tgt, m)
     return ((diff * rm).sum(1)).mean().item()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from camelid.data.padding import pad_right
 from camelid.reward_model import RewardModel, combined_reward
 
 
@@ -72,13 +73,7 @@ class RewardScorer:
         device = next(model.parameters()).device
         out = []
         for i in range(0, len(seqs), self.batch_size):
-            chunk = seqs[i:i + self.batch_size]
-            T = max(len(s) for s in chunk)
-            tokens = torch.zeros(len(chunk), T, dtype=torch.long)
-            mask = torch.zeros(len(chunk), T, dtype=torch.bool)
-            for r, s in enumerate(chunk):
-                tokens[r, :len(s)] = torch.tensor(s)
-                mask[r, :len(s)] = True
+            tokens, mask = pad_right(seqs[i:i + self.batch_size])
             out.append(model.calibrated_logit(model(tokens.to(device), mask=mask.to(device))).float().cpu())
         return torch.cat(out) if out else torch.zeros(0)
 

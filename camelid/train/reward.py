@@ -29,6 +29,7 @@ import torch
 from camelid.config import ConfigError, StageConfig, load_config, resolve_config_path
 from camelid.data.preferences import PreferencePair, load_pairs, pairs_hash, proving_ground_pairs, rating_counts, \
     save_pairs
+from camelid.data.padding import pad_right
 from camelid.errors import CamelidError
 from camelid.fsutil import atomic_write_json, atomic_write_text
 from camelid.reward_model import MARGINS, RATINGS, RewardModel, ranking_loss
@@ -111,13 +112,7 @@ class PairData:
         return self._perms[epoch]
 
     def batch(self, idx: list[int]) -> dict:
-        seqs = [self.encoded[i][0] for i in idx] + [self.encoded[i][1] for i in idx]
-        T = max(len(s) for s in seqs)
-        tokens = torch.zeros(len(seqs), T, dtype=torch.long)
-        mask = torch.zeros(len(seqs), T, dtype=torch.bool)
-        for r, s in enumerate(seqs):
-            tokens[r, :len(s)] = torch.tensor(s)
-            mask[r, :len(s)] = True
+        tokens, mask = pad_right([self.encoded[i][0] for i in idx] + [self.encoded[i][1] for i in idx])
         return {"tokens": tokens, "mask": mask, "margin": self.margins[idx], "rating": self.rating_ids[idx]}
 
     def fetch(self, indices) -> dict:
