@@ -13,6 +13,7 @@ from camelid.infer import Engine, Request, SamplingParams, generate, stream
 from camelid.infer.engine import FastRunner, FastWeights, KVStore
 from camelid.infer.sampling import filtered_probs, sample
 from camelid.model import ModelArgs, Transformer
+from tests.test_model import hf_twin, tiny_model as _tiny_model  # noqa: F401 (hf_twin is used by the tests below)
 
 
 @pytest.fixture(autouse=True)
@@ -30,28 +31,7 @@ GQA = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, ffn_hidde
 
 def tiny_model(seed=0, std=0.08, **kw) -> Transformer:
     """A random model with peaked logits (larger init) and non-trivial norm weights."""
-    torch.manual_seed(seed)
-    m = Transformer(ModelArgs(**{**GQA, **kw}))
-    m.init_weights(std=std, seed=seed)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
-    return m.eval()
-
-
-def hf_twin(model: Transformer):
-    transformers = pytest.importorskip("transformers")
-    a = model.args
-    cfg = transformers.LlamaConfig(
-        hidden_size=a.dim, intermediate_size=a.hidden_dim, num_hidden_layers=a.n_layers,
-        num_attention_heads=a.n_heads, num_key_value_heads=a.kv_heads, vocab_size=a.vocab_size,
-        rms_norm_eps=a.norm_eps, rope_theta=a.rope_theta, max_position_embeddings=a.max_seq_len,
-        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    hf = transformers.LlamaForCausalLM(cfg).eval()
-    missing, unexpected = hf.load_state_dict(to_hf_state_dict(model.state_dict(), a), strict=False)
-    assert not [k for k in missing if "rotary" not in k] and not unexpected
-    return hf
+    return _tiny_model(seed, std=std, **{**GQA, **kw})
 
 
 def tiny_tokenizer(out_dir, vocab_size=400):

@@ -11,9 +11,12 @@ SMALL = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, ffn_hid
              max_seq_len=64, rope_theta=10000.0)
 
 
-def tiny_model(seed=0, **kw) -> Transformer:
+def tiny_model(seed=0, std=None, **kw) -> Transformer:
+    """A random model with non-trivial norm weights; std: a larger init gives peaked logits."""
     torch.manual_seed(seed)
     m = Transformer(ModelArgs(**{**SMALL, **kw}))
+    if std is not None:
+        m.init_weights(std=std, seed=seed)
     with torch.no_grad():  # non-trivial norm weights so a misnamed norm would show
         for name, p in m.named_parameters():
             if name.endswith("norm.weight"):
@@ -28,7 +31,7 @@ def hf_twin(model: Transformer):
         hidden_size=a.dim, intermediate_size=a.hidden_dim, num_hidden_layers=a.n_layers,
         num_attention_heads=a.n_heads, num_key_value_heads=a.kv_heads, vocab_size=a.vocab_size,
         rms_norm_eps=a.norm_eps, rope_theta=a.rope_theta, max_position_embeddings=a.max_seq_len,
-        tie_word_embeddings=False, attn_implementation="eager")
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0, attn_implementation="eager")
     hf = transformers.LlamaForCausalLM(cfg).eval()
     missing, unexpected = hf.load_state_dict(to_hf_state_dict(model.state_dict(), a), strict=False)
     assert not [k for k in missing if "rotary" not in k] and not unexpected
