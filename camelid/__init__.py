@@ -6,3 +6,5 @@ from camelid.tokenizer import Tokenizer
 from camelid.infer.engine import generate
 
 __version__ = "0.1.0"
+
+__all__ = ["ModelArgs", "Transformer", "preset", "load_model", "save_model", "Tokenizer", "generate"]

@@ -299,7 +299,7 @@ def to_toml(d: dict, prefix: str = "") -> str:
 
 
 def model_args_from(cfg: ModelConfig, vocab_size: int | None = None):
-    from camelid.model import ModelArgs, preset
+    from camelid.model import preset
 
     over = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("preset", "init_from") and v is not None}
     if vocab_size is not None and "vocab_size" not in over:

@@ -1,7 +1,6 @@
 """Distributed training on CPU with gloo: every layout logs the single-process losses (torchtitan's parity checks)."""
 
 import json
-import os
 import subprocess
 import sys
 

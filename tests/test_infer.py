@@ -8,11 +8,10 @@ import sys
 import pytest
 import torch
 
-from camelid.checkpoint import to_hf_state_dict
 from camelid.infer import Engine, Request, SamplingParams, generate, stream
 from camelid.infer.engine import FastRunner, FastWeights, KVStore
 from camelid.infer.sampling import filtered_probs, sample
-from camelid.model import ModelArgs, Transformer
+from camelid.model import Transformer
 from tests.test_model import hf_twin, tiny_model as _tiny_model  # noqa: F401 (hf_twin is used by the tests below)
 
 
