@@ -27,12 +27,15 @@ ONE_B = dict(dim=2048, n_layers=18, n_heads=16, n_kv_heads=8, ffn_hidden_dim=563
 
 
 def run(model, forward, batch, seq, steps, warmup, vocab):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1, fused=True)
-    x = torch.randint(0, vocab, (batch, seq), device="cuda")
-    y = torch.randint(0, vocab, (batch, seq), device="cuda")
+    dev = next(model.parameters()).device
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1,
+                            fused=dev.type == "cuda")
+    x = torch.randint(0, vocab, (batch, seq), device=dev)
+    y = torch.randint(0, vocab, (batch, seq), device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
             loss = F.cross_entropy(forward(x).flatten(0, 1).float(), y.flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -41,14 +44,15 @@ def run(model, forward, batch, seq, steps, warmup, vocab):
 
     for _ in range(warmup):
         step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    sync()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
     for _ in range(steps):
         step()
-    torch.cuda.synchronize()
+    sync()
     dt = (time.perf_counter() - t) / steps
-    return batch * seq / dt, torch.cuda.max_memory_allocated() / 2**30
+    return batch * seq / dt, (torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0.0)
 
 
 def main():
@@ -58,24 +62,28 @@ def main():
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--skip-transformers", action="store_true")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the script on a CPU: a 2-layer model, no compile (the figures mean nothing)")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
-    args = ModelArgs(**ONE_B)
+    args = ModelArgs(**{**ONE_B, **(dict(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_dim=256,
+                                        vocab_size=512) if a.dry_run else {})})
     fpt = flops_per_token(args, a.seq)
-    device = torch.device("cuda")
+    device = torch.device("cpu" if a.dry_run else "cuda")
     peak = peak_flops(device, torch.bfloat16)
-    name = torch.cuda.get_device_name(device)
+    name = "dry run on CPU" if a.dry_run else torch.cuda.get_device_name(device)
     print(f"{name}: {args.num_params() / 1e9:.2f}B params, batch {a.batch} x {a.seq}, peak {peak / 1e12:.0f} TFLOP/s, "
           f"torch {torch.__version__}")
     results = {"device": name, "torch": torch.__version__, "config": ONE_B, "batch": [a.batch, a.seq], "runs": []}
 
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with device:
         model = Transformer(args)
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     apply_ac(model, "selective")
-    apply_compile(model)
+    if not a.dry_run:
+        apply_compile(model)
     t0 = time.perf_counter()
     tps, mem = run(model, model, a.batch, a.seq, a.steps, a.warmup, args.vocab_size)
     results["runs"].append({"model": "camelid (compile, selective AC)", "tokens_per_s": tps, "mfu": tps * fpt / peak,
@@ -83,7 +91,8 @@ def main():
     print(f"  camelid       {tps:10.0f} tokens/s  MFU {100 * tps * fpt / peak:5.1f}%  peak mem {mem:5.1f} GiB")
     del model
     gc.collect()
-    torch.cuda.empty_cache()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
     if not a.skip_transformers:
         import transformers
@@ -95,7 +104,7 @@ def main():
                                        tie_word_embeddings=False, attn_implementation="sdpa")
         hf = transformers.LlamaForCausalLM(cfg)
         hf.load_state_dict(to_hf_state_dict(sd, args), strict=False)
-        hf = hf.cuda().train()
+        hf = hf.to(device).train()
         hf.gradient_checkpointing_enable()  # without it a 1B model at this batch may not fit beside the optimizer
         tps_hf, mem_hf = run(hf, lambda x: hf(input_ids=x).logits, a.batch, a.seq, a.steps, a.warmup, args.vocab_size)
         results["runs"].append({"model": "transformers (eager, sdpa, gradient checkpointing)", "tokens_per_s": tps_hf,
