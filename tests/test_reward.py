@@ -118,6 +118,15 @@ def test_reward_model_checkpoints(tmp_path, fmt):
         save_model(rm, tmp_path / "meta", format="meta")
 
 
+def test_saved_pairs_load_back(tmp_path):
+    from camelid.data.preferences import PreferencePair, save_pairs
+
+    pairs = [PreferencePair([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}], "4",
+                            "5", "better", False, {"chosen": 1.0, "rejected": 0.2}, "add")]
+    save_pairs(pairs, tmp_path / "p.jsonl")
+    assert load_pairs(tmp_path / "p.jsonl") == pairs
+
+
 def test_preference_jsonl_layouts_and_errors(tmp_path):
     f = tmp_path / "p.jsonl"
     rows = [

@@ -70,8 +70,8 @@ def parse_pair(row: dict, where: str) -> PreferencePair:
         raise CamelidError(f"{where}: {e}") from None
     is_safety = bool(row.get("is_safety", False))
     if "prompt" in row or "messages" in row:
-        if "messages" in row:
-            prompt = _as_messages(row["messages"], where)
+        if "messages" in row or isinstance(row.get("prompt"), list):  # a list prompt is messages (save_pairs)
+            prompt = _as_messages(row.get("messages") or row["prompt"], where)
             if not prompt or prompt[-1]["role"] != "user":
                 raise CamelidError(f"{where}: 'messages' must end with the user turn the answers reply to")
         else:
