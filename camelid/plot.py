@@ -44,12 +44,19 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, title: str = "Trainin
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    return save_figure(fig, out)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out, write (making the folder) and close a matplotlib figure; every plot in camelid ends here."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
-    return out
+    return path
 
 
 def _ema(values: list[float], alpha: float = 0.2) -> list[float]:

@@ -196,12 +196,8 @@ def plot_optimal(path: str | Path) -> Path:
                  "smaller than compute-optimal, trained on more tokens", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from camelid.plot import save_figure
+    return save_figure(fig, path)
 
 
 def run_optimal(args) -> int:
@@ -355,12 +351,8 @@ def plot_serve_aware(law: ParametricLaw, t: dict, path: str | Path, ref_label: s
     ax.set_title(f"Cheapest model for loss {target:.3f} ({law.name} law): stars are the optima", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from camelid.plot import save_figure
+    return save_figure(fig, path)
 
 
 def run_serve_aware(args) -> int:

@@ -449,12 +449,8 @@ def plot_isoflops(law: ParametricLaw, points: list[Point], path: str | Path, bud
     ax2.set_title("compute-optimal frontier")
     ax2.legend(fontsize=8)
     ax2.grid(True, which="major", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from camelid.plot import save_figure
+    return save_figure(fig, path)
 
 
 def describe_fit(result: FitResult) -> str:

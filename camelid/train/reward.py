@@ -224,10 +224,8 @@ def plot_scores(chosen: torch.Tensor, rejected: torch.Tensor, out: Path, title: 
     ax.set_ylabel("responses")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    from camelid.plot import save_figure
+    return save_figure(fig, out)
 
 
 # ----------------------------------------------------------------------------------------------------- stage
