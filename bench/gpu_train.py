@@ -61,7 +61,8 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=2048)
-    p.add_argument("--skip-transformers", action="store_true")
+    p.add_argument("--variants", default="camelid-eager,camelid-blocks,camelid-model,camelid-blocks-sac,hf,hf-gc",
+                   help="comma-separated, run in this order")
     p.add_argument("--dry-run", action="store_true",
                    help="check the script on a CPU: a 2-layer model, no compile (the figures mean nothing)")
     p.add_argument("--json", default=None)
@@ -78,23 +79,20 @@ def main():
     results = {"device": name, "torch": torch.__version__, "config": ONE_B, "batch": [a.batch, a.seq], "runs": []}
 
     torch.manual_seed(0)
-    with device:
-        model = Transformer(args)
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    apply_ac(model, "selective")
-    if not a.dry_run:
-        apply_compile(model)
-    t0 = time.perf_counter()
-    tps, mem = run(model, model, a.batch, a.seq, a.steps, a.warmup, args.vocab_size)
-    results["runs"].append({"model": "camelid (compile, selective AC)", "tokens_per_s": tps, "mfu": tps * fpt / peak,
-                            "peak_mem_gib": mem, "seconds_incl_compile": time.perf_counter() - t0})
-    print(f"  camelid       {tps:10.0f} tokens/s  MFU {100 * tps * fpt / peak:5.1f}%  peak mem {mem:5.1f} GiB")
-    del model
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    with torch.device("cpu"):
+        sd = Transformer(args).state_dict()
 
-    if not a.skip_transformers:
+    def camelid_model(ac: str, compile_scope: str | None):
+        with torch.device("meta"):
+            model = Transformer(args)
+        model.to_empty(device=device)
+        model.load_state_dict(sd)
+        apply_ac(model, ac)
+        if compile_scope and not a.dry_run:
+            apply_compile(model, compile_scope)
+        return model, model
+
+    def hf_model(checkpointing: bool):
         import transformers
 
         cfg = transformers.LlamaConfig(hidden_size=args.dim, intermediate_size=args.hidden_dim,
@@ -105,12 +103,43 @@ def main():
         hf = transformers.LlamaForCausalLM(cfg)
         hf.load_state_dict(to_hf_state_dict(sd, args), strict=False)
         hf = hf.to(device).train()
-        hf.gradient_checkpointing_enable()  # without it a 1B model at this batch may not fit beside the optimizer
-        tps_hf, mem_hf = run(hf, lambda x: hf(input_ids=x).logits, a.batch, a.seq, a.steps, a.warmup, args.vocab_size)
-        results["runs"].append({"model": "transformers (eager, sdpa, gradient checkpointing)", "tokens_per_s": tps_hf,
-                                "mfu": tps_hf * fpt / peak, "peak_mem_gib": mem_hf})
-        print(f"  transformers  {tps_hf:10.0f} tokens/s  MFU {100 * tps_hf * fpt / peak:5.1f}%  peak mem {mem_hf:5.1f} GiB")
-        print(f"  camelid / transformers: {tps / tps_hf:.2f}x")
+        if checkpointing:
+            hf.gradient_checkpointing_enable()
+        return hf, (lambda x: hf(input_ids=x).logits)
+
+    variants = {
+        "camelid-eager": ("camelid (eager, no AC)", lambda: camelid_model("none", None)),
+        "camelid-blocks": ("camelid (compile per block, no AC)", lambda: camelid_model("none", "blocks")),
+        "camelid-model": ("camelid (compile whole model, no AC)", lambda: camelid_model("none", "model")),
+        "camelid-blocks-sac": ("camelid (compile per block, selective AC)", lambda: camelid_model("selective", "blocks")),
+        "hf": ("transformers (eager, sdpa)", lambda: hf_model(False)),
+        "hf-gc": ("transformers (eager, sdpa, gradient checkpointing)", lambda: hf_model(True)),
+    }
+    for key in a.variants.split(","):
+        label, build = variants[key]
+        t0 = time.perf_counter()
+        try:
+            model, forward = build()
+            tps, mem = run(model, forward, a.batch, a.seq, a.steps, a.warmup, args.vocab_size)
+        except torch.OutOfMemoryError as e:  # report and go on: the other variants still mean something
+            print(f"  {label}: out of memory ({e})")
+            results["runs"].append({"variant": key, "model": label, "error": "out of memory"})
+            continue
+        finally:
+            model = forward = None
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        results["runs"].append({"variant": key, "model": label, "tokens_per_s": tps, "mfu": tps * fpt / peak,
+                                "peak_mem_gib": mem, "seconds_incl_compile": time.perf_counter() - t0})
+        print(f"  {label:55s} {tps:10.0f} tokens/s  MFU {100 * tps * fpt / peak:5.1f}%  peak mem {mem:5.1f} GiB  "
+              f"({time.perf_counter() - t0:.0f} s incl. compile)", flush=True)
+    by = {r["variant"]: r.get("tokens_per_s") for r in results["runs"]}
+    for ours, theirs in (("camelid-eager", "hf"), ("camelid-blocks", "hf"), ("camelid-model", "hf"),
+                         ("camelid-blocks-sac", "hf-gc")):
+        if by.get(ours) and by.get(theirs):
+            print(f"  {ours} / {theirs}: {by[ours] / by[theirs]:.2f}x")
+            results.setdefault("ratios", {})[f"{ours}/{theirs}"] = by[ours] / by[theirs]
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=2)
