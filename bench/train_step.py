@@ -2,6 +2,7 @@
 
     python bench/train_step.py                       # reference config, fp32 and bf16, eager and compiled
     python bench/train_step.py --dtypes bf16 --no-compile --steps 5
+    python bench/train_step.py --compile-scopes model
 
 One training step = forward, loss, backward, AdamW step. Both models get the same weights, batch and
 optimizer; they are timed alternately so that background load hits both. MFU uses
@@ -41,7 +42,8 @@ def hf_model(model: Transformer):
 
 
 def make_step(model, kind: str, dtype: torch.dtype, x: torch.Tensor, y: torch.Tensor):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1, foreach=True)
+    # fused, as camelid's trainer and transformers' Trainer (adamw_torch_fused) both step
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1, fused=True)
 
     def step():
         with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
@@ -76,6 +78,7 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--compile-scopes", default="blocks,model", help="torch.compile per block, of the whole model, or both")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
 
@@ -95,10 +98,12 @@ def main():
         steps = {"transformers": make_step(hf_model(base), "hf", dtype, x, y),
                  "camelid": make_step(base, "camelid", dtype, x, y)}
         if not args.no_compile:
-            compiled = Transformer(margs)
-            compiled.load_state_dict(base.state_dict())
             from camelid.parallel import apply_compile
-            steps["camelid+compile"] = make_step(apply_compile(compiled), "camelid", dtype, x, y)
+
+            for scope in args.compile_scopes.split(","):
+                compiled = Transformer(margs)
+                compiled.load_state_dict(base.state_dict())
+                steps[f"camelid+compile({scope})"] = make_step(apply_compile(compiled, scope), "camelid", dtype, x, y)
         t = measure(steps, args.steps, args.warmup + (2 if not args.no_compile else 0))
         ref = tokens / t["transformers"]
         print(f"\n{name}: matmul peak {peak / 1e9:.0f} GFLOP/s")
@@ -107,7 +112,7 @@ def main():
             row = {"dtype": name, "model": k, "tokens_per_s": tps, "vs_transformers": tps / ref,
                    "mfu": tps * fpt / peak, "peak_gflops": peak / 1e9}
             results["runs"].append(row)
-            print(f"  {k:<18} {tps:8.0f} tokens/s  {tps / ref:5.2f}x  MFU {100 * row['mfu']:4.1f}%")
+            print(f"  {k:<24} {tps:8.0f} tokens/s  {tps / ref:5.2f}x  MFU {100 * row['mfu']:4.1f}%")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

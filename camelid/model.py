@@ -150,6 +150,31 @@ def apply_rotary(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(xc * freqs.unsqueeze(2)).flatten(3).type_as(x)
 
 
+MATH_ATTENTION_MAX_LEN = 512
+
+
+def use_math_attention(q: torch.Tensor) -> bool:
+    """On CPUs in bf16, short causal attention is faster as plain batched matmuls than through SDPA's
+    flash kernel, which gains nothing from bf16 there (docs/PERFORMANCE.md). Longer sequences keep flash:
+    the T x T scores would cost more memory than they save time."""
+    return q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[2] <= MATH_ATTENTION_MAX_LEN
+
+
+def math_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention as Meta's reference writes it (scores in the compute dtype, then softmax), with
+    the causal mask added inside the score matmul. q [B, H, T, D]; k, v [B, H_kv, T, D]."""
+    B, H, T, D = q.shape
+    groups = H // k.shape[1]
+    if groups > 1:
+        k = k[:, :, None].expand(-1, -1, groups, -1, -1).reshape(B, H, T, D)
+        v = v[:, :, None].expand(-1, -1, groups, -1, -1).reshape(B, H, T, D)
+    causal = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+    scores = torch.baddbmm(causal.expand(B * H, T, T), q.reshape(B * H, T, D), k.reshape(B * H, T, D).transpose(1, 2),
+                           alpha=D**-0.5).view(B, H, T, T)
+    # the CPU softmax kernel accumulates bf16 in fp32 internally, so no fp32 copy of the scores is needed
+    return torch.softmax(scores, dim=-1) @ v
+
+
 class KVCache:
     """Preallocated keys and values for every layer: [B, n_kv_heads, max_len, head_dim] each.
 
@@ -198,8 +223,11 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)
         # mask None means plain causal attention with queries and keys aligned (training, a fresh prefill).
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-                                             enable_gqa=self.n_kv_heads != self.n_heads)
+        if mask is None and T > 1 and k.shape[2] == T and use_math_attention(q):
+            out = math_causal_attention(q, k, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                                 enable_gqa=self.n_kv_heads != self.n_heads)
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
 
 

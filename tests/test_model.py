@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from camelid.checkpoint import to_hf_state_dict
-from camelid.model import PRESETS, KVCache, ModelArgs, Transformer, preset
+import camelid.model as model_module
+from camelid.model import PRESETS, KVCache, ModelArgs, Transformer, math_causal_attention, preset
 
 # GQA, and an FFN size that Meta's rounding rule would never produce.
 SMALL = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, ffn_hidden_dim=100, norm_eps=1e-5,
@@ -45,6 +46,40 @@ def test_logits_match_transformers():
     with torch.no_grad():
         ours, theirs = model(x), hf(x).logits
     assert (ours - theirs).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_math_attention_equals_sdpa(kv_heads):
+    torch.manual_seed(0)
+    q = torch.randn(3, 4, 19, 8, dtype=torch.float64)
+    k, v = torch.randn(2, 3, kv_heads, 19, 8, dtype=torch.float64)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    assert (math_causal_attention(q, k, v) - want).abs().max() <= 1e-12
+
+
+def test_bf16_cpu_attention_path_matches_flash(monkeypatch):
+    """The bf16 CPU training path (plain matmuls) against SDPA's flash kernel: same logits and gradients
+    up to bf16 rounding."""
+    model = tiny_model()
+    x = torch.randint(0, SMALL["vocab_size"], (2, 33))
+    results = {}
+    for use_math in (True, False):
+        monkeypatch.setattr(model_module, "use_math_attention", lambda q, use=use_math: use)
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(x).float()
+        logits.logsumexp(-1).mean().backward()
+        results[use_math] = logits.detach(), model.layers[0].attention.wq.weight.grad.clone()
+    (lm, gm), (lf, gf) = results[True], results[False]
+    assert (lm - lf).abs().max() <= 0.05 * lf.abs().max()
+    assert (gm - gf).norm() <= 0.05 * gf.norm()
+
+
+def test_math_attention_is_chosen_only_for_short_bf16_cpu():
+    q = torch.zeros(1, 1, 8, 4)
+    assert not model_module.use_math_attention(q)
+    assert model_module.use_math_attention(q.bfloat16())
+    assert not model_module.use_math_attention(torch.zeros(1, 1, model_module.MATH_ATTENTION_MAX_LEN + 1, 4).bfloat16())
 
 
 @pytest.mark.parametrize("chunks", [[1] * 12, [5, 1, 3, 3], [4, 8], [12]])
