@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from camelid.checkpoint import to_hf_state_dict
 from camelid.model import ModelArgs, Transformer
 from camelid.train.metrics import flops_per_token, measure_cpu_matmul_peak
+from camelid.train.objectives import LanguageModeling
 
 REFERENCE = dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=4, ffn_hidden_dim=1408, vocab_size=8192, max_seq_len=256)
 
@@ -41,14 +42,20 @@ def hf_model(model: Transformer):
     return hf.train()
 
 
-def make_step(model, kind: str, dtype: torch.dtype, x: torch.Tensor, y: torch.Tensor):
+def make_step(model, kind: str, dtype: torch.dtype, x: torch.Tensor, y: torch.Tensor, compile_loss: bool = False):
+    """One training step as each library runs it: transformers' causal-LM loss upcasts the logits and
+    calls cross_entropy eagerly; camelid's is its LanguageModeling loss, compiled with the model when
+    the run compiles (`train.compile`)."""
+    loss_sum = LanguageModeling(compile_loss).loss_sum
     # fused, as camelid's trainer and transformers' Trainer (adamw_torch_fused) both step
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1, fused=True)
 
     def step():
         with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-            logits = model(x) if kind == "camelid" else model(input_ids=x).logits
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+            if kind == "camelid":
+                loss = loss_sum(model(x), y) / y.numel()
+            else:
+                loss = F.cross_entropy(model(input_ids=x).logits.flatten(0, 1).float(), y.flatten())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -62,11 +69,15 @@ def measure(steps: dict, n: int, warmup: int) -> dict[str, float]:
         for _ in range(warmup):
             fn()
     times = {k: [] for k in steps}
-    for _ in range(n):
-        for k, fn in steps.items():  # interleaved: load spikes hit every contestant alike
-            t = time.perf_counter()
+    for _ in range(max(1, n // 2)):
+        for k, fn in steps.items():  # round-robin: load spikes hit every contestant alike
+            # One untimed step first: compiled kernels run on their own OpenMP threads, which spin on
+            # after they finish and would slow whichever contestant follows on a 2-core machine.
             fn()
-            times[k].append(time.perf_counter() - t)
+            for _ in range(2):
+                t = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -78,6 +89,7 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--compile-transformers", action="store_true", help="also time transformers' model under torch.compile")
     p.add_argument("--compile-scopes", default="blocks,model", help="torch.compile per block, of the whole model, or both")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
@@ -103,7 +115,12 @@ def main():
             for scope in args.compile_scopes.split(","):
                 compiled = Transformer(margs)
                 compiled.load_state_dict(base.state_dict())
-                steps[f"camelid+compile({scope})"] = make_step(apply_compile(compiled, scope), "camelid", dtype, x, y)
+                steps[f"camelid+compile({scope})"] = make_step(apply_compile(compiled, scope), "camelid", dtype, x, y,
+                                                                compile_loss=True)
+        if args.compile_transformers:  # for the record: what stock transformers gets from torch.compile
+            hf_compiled = hf_model(base)
+            hf_compiled.compile()
+            steps["transformers+compile"] = make_step(hf_compiled, "hf", dtype, x, y)
         t = measure(steps, args.steps, args.warmup + (2 if not args.no_compile else 0))
         ref = tokens / t["transformers"]
         print(f"\n{name}: matmul peak {peak / 1e9:.0f} GFLOP/s")

@@ -198,3 +198,27 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="bad.toml"):
         load_config(bad)
     assert isinstance(load_config(None), Config)
+
+
+def test_lm_loss_is_the_summed_cross_entropy_of_the_labels():
+    logits = torch.tensor([[[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]]])
+    labels = torch.tensor([[0, IGNORE]])
+    want = -torch.log_softmax(logits[0, 0], -1)[0]
+    loss = LanguageModeling().loss_sum(logits, labels)
+    assert torch.allclose(loss, want)
+
+
+@pytest.mark.slow  # torch.compile on CPU: tens of seconds
+def test_compiled_lm_loss_equals_eager():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 7, 50, dtype=torch.bfloat16, requires_grad=True)
+    labels = torch.randint(0, 50, (2, 7))
+    labels[0, :3] = IGNORE
+    results = []
+    for compile_loss in (False, True):
+        logits.grad = None
+        loss = LanguageModeling(compile_loss=compile_loss).loss_sum(logits, labels)
+        loss.backward()
+        results.append((loss.detach(), logits.grad.float()))
+    (l0, g0), (l1, g1) = results
+    assert torch.allclose(l0, l1, rtol=1e-5) and torch.allclose(g0, g1, atol=1e-2)

@@ -17,8 +17,9 @@ GPU_PEAK_BF16 = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A1
 _cpu_peak_cache: dict[torch.dtype, float] = {}
 
 
-def measure_cpu_matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, reps: int = 6) -> float:
-    """Best observed FLOP/s of an n x n matmul in `dtype` on this CPU (measured once per process)."""
+def measure_cpu_matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, reps: int = 20) -> float:
+    """Best observed FLOP/s of an n x n matmul in `dtype` on this CPU (measured once per process; the best
+    of many, so that a busy moment does not lower the peak and flatter the MFU)."""
     if dtype not in _cpu_peak_cache:
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
         torch.mm(a, b)

@@ -150,7 +150,9 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False, dist_info: 
     steps = total_steps(cfg)
     if dist_info.rank == 0:
         atomic_write_text(run_dir / "config.toml", cfg.to_toml())
-    trainer = Trainer(model=model, objective=LanguageModeling(), data=WindowData(sampler), cfg=cfg, run_dir=run_dir,
+    # vocabulary-sharded logits (loss parallel) are DTensors, which the compiled loss does not take
+    objective = LanguageModeling(compile_loss=t.compile and not dist_info.loss_parallel)
+    trainer = Trainer(model=model, objective=objective, data=WindowData(sampler), cfg=cfg, run_dir=run_dir,
                       total_steps=steps, seq_len=cfg.data.seq_len, accum=accum, dist_info=dist_info,
                       evaluate=lm_evaluator(sampler, t.micro_batch, cfg.log.val_batches), stage="pretrain",
                       model_args=args, extra_state={"model_args": args.to_dict(), "tokenizer": str(tok_path)})
