@@ -21,12 +21,15 @@ from camelid.checkpoint import to_hf_state_dict
 from camelid.model import ModelArgs, Transformer
 from camelid.parallel import apply_ac, apply_compile
 from camelid.train.metrics import flops_per_token, peak_flops
+from camelid.train.objectives import LanguageModeling
 
 ONE_B = dict(dim=2048, n_layers=18, n_heads=16, n_kv_heads=8, ffn_hidden_dim=5632, vocab_size=32000,
              max_seq_len=2048, norm_eps=1e-5)
 
 
-def run(model, forward, batch, seq, steps, warmup, vocab):
+def run(model, forward, batch, seq, steps, warmup, vocab, loss_fn=None):
+    """loss_fn(logits, labels) -> mean loss; default: transformers' way (upcast, then cross_entropy)."""
+    loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()))
     dev = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1,
                             fused=dev.type == "cuda")
@@ -36,7 +39,7 @@ def run(model, forward, batch, seq, steps, warmup, vocab):
 
     def step():
         with torch.autocast(dev.type, dtype=torch.bfloat16):
-            loss = F.cross_entropy(forward(x).flatten(0, 1).float(), y.flatten())
+            loss = loss_fn(forward(x), y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -61,7 +64,7 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=2048)
-    p.add_argument("--variants", default="camelid-eager,camelid-blocks,camelid-model,camelid-blocks-sac,hf,hf-gc",
+    p.add_argument("--variants", default="camelid-eager,camelid-blocks,camelid-model,camelid-blocks-sac,hf,hf-gc,hf-compile",
                    help="comma-separated, run in this order")
     p.add_argument("--dry-run", action="store_true",
                    help="check the script on a CPU: a 2-layer model, no compile (the figures mean nothing)")
@@ -90,9 +93,11 @@ def main():
         apply_ac(model, ac)
         if compile_scope and not a.dry_run:
             apply_compile(model, compile_scope)
-        return model, model
+        # camelid's own loss, compiled along with the model as `train.compile` does
+        loss_sum = LanguageModeling(compile_loss=bool(compile_scope) and not a.dry_run).loss_sum
+        return model, model, (lambda logits, y: loss_sum(logits, y) / y.numel())
 
-    def hf_model(checkpointing: bool):
+    def hf_model(checkpointing: bool, compiled: bool = False):
         import transformers
 
         cfg = transformers.LlamaConfig(hidden_size=args.dim, intermediate_size=args.hidden_dim,
@@ -105,7 +110,9 @@ def main():
         hf = hf.to(device).train()
         if checkpointing:
             hf.gradient_checkpointing_enable()
-        return hf, (lambda x: hf(input_ids=x).logits)
+        if compiled:
+            hf.compile()
+        return hf, (lambda x: hf(input_ids=x).logits), None
 
     variants = {
         "camelid-eager": ("camelid (eager, no AC)", lambda: camelid_model("none", None)),
@@ -114,19 +121,20 @@ def main():
         "camelid-blocks-sac": ("camelid (compile per block, selective AC)", lambda: camelid_model("selective", "blocks")),
         "hf": ("transformers (eager, sdpa)", lambda: hf_model(False)),
         "hf-gc": ("transformers (eager, sdpa, gradient checkpointing)", lambda: hf_model(True)),
+        "hf-compile": ("transformers (torch.compile, sdpa)", lambda: hf_model(False, compiled=not a.dry_run)),
     }
     for key in a.variants.split(","):
         label, build = variants[key]
         t0 = time.perf_counter()
         try:
-            model, forward = build()
-            tps, mem = run(model, forward, a.batch, a.seq, a.steps, a.warmup, args.vocab_size)
+            model, forward, loss_fn = build()
+            tps, mem = run(model, forward, a.batch, a.seq, a.steps, a.warmup, args.vocab_size, loss_fn)
         except torch.OutOfMemoryError as e:  # report and go on: the other variants still mean something
             print(f"  {label}: out of memory ({e})")
             results["runs"].append({"variant": key, "model": label, "error": "out of memory"})
             continue
         finally:
-            model = forward = None
+            model = forward = loss_fn = None
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -136,7 +144,7 @@ def main():
               f"({time.perf_counter() - t0:.0f} s incl. compile)", flush=True)
     by = {r["variant"]: r.get("tokens_per_s") for r in results["runs"]}
     for ours, theirs in (("camelid-eager", "hf"), ("camelid-blocks", "hf"), ("camelid-model", "hf"),
-                         ("camelid-blocks-sac", "hf-gc")):
+                         ("camelid-blocks-sac", "hf-gc"), ("camelid-blocks", "hf-compile")):
         if by.get(ours) and by.get(theirs):
             print(f"  {ours} / {theirs}: {by[ours] / by[theirs]:.2f}x")
             results.setdefault("ratios", {})[f"{ours}/{theirs}"] = by[ours] / by[theirs]
