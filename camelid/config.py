@@ -69,7 +69,7 @@ class TrainConfig:
     eps: float = 1e-5
     grad_clip: float = 1.0
     dtype: str = "bf16"  # autocast precision: bf16 | fp16 | fp32 (master weights stay fp32)
-    compile: bool = False
+    compile: bool = False  # torch.compile each block and the loss (tens of seconds to compile on a CPU; then 1.3-1.4x in bf16)
     activation_checkpointing: str = "none"  # none | selective | full
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
