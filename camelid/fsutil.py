@@ -1,4 +1,5 @@
-"""Atomic file and directory writes: a crash leaves either the old content or the new, never half of one."""
+"""Atomic file and directory writes (a crash leaves either the old content or the new, never half of one),
+and reading JSONL with errors that name the file and line."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable, Iterator
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -81,3 +83,23 @@ def atomic_dir(path: str | os.PathLike):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def iter_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError,
+               on_bad: Callable[[str, json.JSONDecodeError], None] | None = None) -> Iterator[tuple[str, object]]:
+    """(where, value) for each non-blank line of a JSONL file; `where` is "FILE:LINE" for error messages.
+
+    A line that is not JSON raises `error` naming it, unless `on_bad(where, exc)` is given (to skip it)."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                if on_bad is None:
+                    raise error(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+                on_bad(where, e)
+                continue
+            yield where, value

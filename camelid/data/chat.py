@@ -21,7 +21,6 @@ truncated (counted in the stats; its tail is lost).
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 
 from camelid.errors import CamelidError
+from camelid.fsutil import iter_jsonl
 
 IGNORE = -100
 ANSWER_KEYS = ("response", "completion", "answer", "output", "chosen")
@@ -72,16 +72,7 @@ def load_chat_jsonl(path: str | Path) -> list[list[dict]]:
     path = Path(path)
     if not path.is_file():
         raise ChatDataError(f"{path}: no such file")
-    out = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ChatDataError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
-            out.append(parse_record(rec, f"{path}:{n}"))
+    out = [parse_record(rec, where) for where, rec in iter_jsonl(path, ChatDataError)]
     if not out:
         raise ChatDataError(f"{path}: no dialogs")
     return out

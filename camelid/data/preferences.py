@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from camelid.errors import CamelidError
+from camelid.fsutil import atomic_write_text, iter_jsonl
 from camelid.reward_model import RATINGS, normalize_rating
 
 
@@ -95,25 +96,25 @@ def load_pairs(path: str | Path, skip_bad: bool = False) -> list[PreferencePair]
     if not path.is_file():
         raise CamelidError(f"{path}: preference file not found")
     pairs, bad, same = [], 0, 0
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{i}"
-            try:
-                pair = parse_pair(json.loads(line), where)
-                if pair.chosen.strip() == pair.rejected.strip():
-                    same += 1  # no preference to learn from
-                    continue
-                pairs.append(pair)
-            except json.JSONDecodeError as e:
-                if not skip_bad:
-                    raise CamelidError(f"{where}: invalid JSON ({e.msg}); fix the line or pass --skip-bad") from None
-                bad += 1
-            except CamelidError:
-                if not skip_bad:
-                    raise
-                bad += 1
+
+    def bad_json(where, e):
+        nonlocal bad
+        if not skip_bad:
+            raise CamelidError(f"{where}: invalid JSON ({e.msg}); fix the line or pass --skip-bad") from None
+        bad += 1
+
+    for where, row in iter_jsonl(path, on_bad=bad_json):
+        try:
+            pair = parse_pair(row, where)
+        except CamelidError:
+            if not skip_bad:
+                raise
+            bad += 1
+            continue
+        if pair.chosen.strip() == pair.rejected.strip():
+            same += 1  # no preference to learn from
+            continue
+        pairs.append(pair)
     if not pairs:
         raise CamelidError(f"{path}: no preference pairs")
     if bad or same:
@@ -122,7 +123,6 @@ def load_pairs(path: str | Path, skip_bad: bool = False) -> list[PreferencePair]
 
 
 def save_pairs(pairs: list[PreferencePair], path: str | Path) -> None:
-    from camelid.fsutil import atomic_write_text
 
     atomic_write_text(path, "".join(json.dumps(p.to_dict()) + "\n" for p in pairs))
 

@@ -24,28 +24,21 @@ def load_prompts(spec: str, split: str = "train", n: int = 256, seed: int = 0) -
         from camelid.tasks import make_dialogs
 
         return [Prompt(ex.messages, ex.kind == "safety", ex) for ex in make_dialogs(split, n, seed=seed)]
-    import json
     from pathlib import Path
 
     from camelid.errors import CamelidError
+    from camelid.fsutil import iter_jsonl
 
-    path = Path(spec)
-    if not path.is_file():
+    if not Path(spec).is_file():
         raise CamelidError(f"{spec}: prompts file not found (or use 'proving-ground')")
     out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CamelidError(f"{path}:{i}: invalid JSON ({e.msg})") from None
+    for where, row in iter_jsonl(spec, CamelidError):
         if "messages" in row:
             msgs = row["messages"]
         elif "prompt" in row:
             msgs = [{"role": "user", "content": row["prompt"]}]
         else:
-            raise CamelidError(f"{path}:{i}: expected a 'messages' or 'prompt' key")
+            raise CamelidError(f"{where}: expected a 'messages' or 'prompt' key")
         out.append(Prompt(msgs, bool(row.get("is_safety", False))))
     return out
 
