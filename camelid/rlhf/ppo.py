@@ -29,7 +29,7 @@ from camelid.fsutil import atomic_write_json, atomic_write_text
 from camelid.reward_model import RewardModel, whiten
 from camelid.rlhf.ppo_math import entropy, gae, kl_per_token, masked_whiten, penalized_rewards, policy_loss, \
     token_logprobs, value_loss
-from camelid.rlhf.rewards import Prompt, RewardScorer, load_prompts
+from camelid.rlhf.rewards import Prompt, RewardScorer, add_policy_arguments, load_prompts, policy_overrides
 from camelid.train.loop import Trainer, TrainingDiverged, resolve_device
 from camelid.train.metrics import MetricsLog
 
@@ -416,26 +416,16 @@ def add_arguments(p) -> None:
     p.description = ("PPO with the combined helpfulness/safety reward and a per-token KL penalty to the starting "
                      "policy (Llama-2 §3.2.3). Defaults: configs/ppo.toml (batch 512, minibatch 64, clip 0.2, "
                      "constant LR 1e-6, beta 0.01 up to 13B).")
-    p.add_argument("--policy", help="the starting policy (SFT or rejection-sampling checkpoint)")
-    p.add_argument("--reward-helpful", help="helpfulness reward model")
-    p.add_argument("--reward-safety", help="safety reward model (optional)")
-    p.add_argument("--prompts", default=None, help="'proving-ground' or a JSONL of prompts")
-    p.add_argument("--iterations", type=int, default=None)
-    p.add_argument("--config", default=None, help="recipe file or name (default: ppo)")
-    p.add_argument("--out", default="runs/ppo")
+    add_policy_arguments(p, "ppo", policy_help="the starting policy (SFT or rejection-sampling checkpoint)")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
 def run(args) -> int:
     import json
 
-    over = [f"{k}={v}" for k, v in (("model.init_from", args.policy), ("ppo.reward_helpful", args.reward_helpful),
-                                    ("ppo.reward_safety", args.reward_safety), ("ppo.prompts", args.prompts),
-                                    ("ppo.iterations", args.iterations)) if v is not None]
     saved = Path(args.out) / "config.toml"
     path = args.config or (saved if args.resume and saved.exists() else "ppo")
-    summary = ppo(load_ppo_config(path, over + list(args.overrides)), args.out, resume=args.resume)
+    summary = ppo(load_ppo_config(path, policy_overrides(args, "ppo")), args.out, resume=args.resume)
     print(json.dumps(summary, indent=2))
     print(f"policy: {Path(args.out) / 'model'} (best held-out reward, iteration {summary['best_iteration']})")
     return 0

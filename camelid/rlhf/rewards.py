@@ -79,3 +79,25 @@ class RewardScorer:
         safety = self._score(self.safety, seqs)
         is_safety = torch.tensor([p.is_safety for p in prompts])
         return {"helpful": helpful, "safety": safety, "combined": combined_reward(helpful, safety, is_safety)}
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+def add_policy_arguments(p, stage: str, policy_help: str) -> None:
+    """The flags rejection sampling and PPO share: the policy, both reward models, prompts, recipe, output."""
+    p.add_argument("--policy", help=policy_help)
+    p.add_argument("--reward-helpful", help="helpfulness reward model")
+    p.add_argument("--reward-safety", help="safety reward model (optional)")
+    p.add_argument("--prompts", default=None, help="'proving-ground' or a JSONL of prompts")
+    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--config", default=None, help=f"recipe file or name (default: {stage})")
+    p.add_argument("--out", default=f"runs/{stage}")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def policy_overrides(args, stage: str, **extra) -> list[str]:
+    """Config overrides from the shared flags (and `extra` keys of the stage's section), then --set."""
+    given = {"model.init_from": args.policy, f"{stage}.reward_helpful": args.reward_helpful,
+             f"{stage}.reward_safety": args.reward_safety, f"{stage}.prompts": args.prompts,
+             f"{stage}.iterations": args.iterations, **{f"{stage}.{k}": v for k, v in extra.items()}}
+    return [f"{k}={v}" for k, v in given.items() if v is not None] + list(args.overrides)

@@ -21,7 +21,7 @@ import torch
 from camelid.config import ConfigError, StageConfig, load_config, resolve_config_path
 from camelid.errors import CamelidError
 from camelid.fsutil import atomic_write_json, atomic_write_text
-from camelid.rlhf.rewards import Prompt, RewardScorer, load_prompts
+from camelid.rlhf.rewards import Prompt, RewardScorer, add_policy_arguments, load_prompts, policy_overrides
 
 
 @dataclass
@@ -211,22 +211,12 @@ def add_arguments(p) -> None:
     p.description = ("Rejection-sampling fine-tuning (Llama-2 §3.2.3): K samples per prompt from the newest policy, "
                      "scored by the combined reward; the best of each prompt, pooled over iterations, fine-tunes "
                      "the policy with the SFT objective. Defaults: configs/rs.toml.")
-    p.add_argument("--policy", help="the starting policy (an SFT checkpoint)")
-    p.add_argument("--reward-helpful", help="helpfulness reward model")
-    p.add_argument("--reward-safety", help="safety reward model (optional)")
-    p.add_argument("--prompts", default=None, help="'proving-ground' or a JSONL of prompts")
-    p.add_argument("--iterations", type=int, default=None)
+    add_policy_arguments(p, "rs", policy_help="the starting policy (an SFT checkpoint)")
     p.add_argument("-k", type=int, default=None, help="samples per prompt")
-    p.add_argument("--config", default=None, help="recipe file or name (default: rs)")
-    p.add_argument("--out", default="runs/rs")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
 def run(args) -> int:
-    over = [f"{k}={v}" for k, v in (("model.init_from", args.policy), ("rs.reward_helpful", args.reward_helpful),
-                                    ("rs.reward_safety", args.reward_safety), ("rs.prompts", args.prompts),
-                                    ("rs.iterations", args.iterations), ("rs.k", args.k)) if v is not None]
-    summary = rejection_sampling(load_rs_config(args.config or "rs", over + list(args.overrides)), args.out)
+    summary = rejection_sampling(load_rs_config(args.config or "rs", policy_overrides(args, "rs", k=args.k)), args.out)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     print(f"policy: {Path(args.out) / 'model'} (resume: run the same command again)")
     return 0
