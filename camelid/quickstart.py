@@ -110,36 +110,23 @@ def quickstart(out: str | Path = "runs/quickstart", smoke: bool = False, overrid
           f"{report['pretrain']['val_ppl_after']:.1f} after {summary['tokens']:,} tokens; loss plot: {plot}")
     report["pretrain"]["sample"] = _sample(out / "pretrain" / "model", "And God said")
 
-    t = time.perf_counter()
-    _say("4. supervised fine-tuning (Llama-2 SFT): chat format, loss on answers only, packed rows; "
-         "held-out proving-ground accuracy before and after")
-    report["sft"] = stage_sft(out, smoke)
-    timings["sft"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    _say("5. reward models (Llama-2 §3.2.2): helpfulness and safety, ranking loss with a rating margin")
-    report["rm"] = stage_reward_models(out, smoke)
-    timings["rm"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    _say("6. rejection sampling: best of K by the combined reward, pooled over iterations, fine-tuned")
-    report["rs"] = stage_rs(out, smoke)
-    timings["rs"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    _say("7. PPO: combined reward, whitened, minus beta * KL to the SFT model; clipped surrogate")
-    report["ppo"] = stage_ppo(out, smoke)
-    timings["ppo"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    _say("8. Ghost Attention: the system instruction kept in turn 1 only, the loss on the last turn only")
-    report["gatt"] = stage_gatt(out, smoke)
-    timings["gatt"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    _say("9. report card: every stage's policy on the same held-out prompts")
-    report["report_card"] = stage_report_card(out, smoke, timings)
-    timings["report_card"] = time.perf_counter() - t
+    later_stages = [
+        ("sft", "4. supervised fine-tuning (Llama-2 SFT): chat format, loss on answers only, packed rows; "
+                "held-out proving-ground accuracy before and after", stage_sft),
+        ("rm", "5. reward models (Llama-2 §3.2.2): helpfulness and safety, ranking loss with a rating margin",
+         stage_reward_models),
+        ("rs", "6. rejection sampling: best of K by the combined reward, pooled over iterations, fine-tuned", stage_rs),
+        ("ppo", "7. PPO: combined reward, whitened, minus beta * KL to the SFT model; clipped surrogate", stage_ppo),
+        ("gatt", "8. Ghost Attention: the system instruction kept in turn 1 only, the loss on the last turn only",
+         stage_gatt),
+        ("report_card", "9. report card: every stage's policy on the same held-out prompts",
+         lambda out, smoke: stage_report_card(out, smoke, timings)),
+    ]
+    for name, title, run_stage in later_stages:
+        t = time.perf_counter()
+        _say(title)
+        report[name] = run_stage(out, smoke)
+        timings[name] = time.perf_counter() - t
 
     report["seconds"] = timings
     report["total_seconds"] = sum(timings.values())
