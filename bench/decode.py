@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from camelid.checkpoint import to_hf_state_dict  # noqa: E402
+from camelid.checkpoint import to_hf_model  # noqa: E402
 from camelid.infer.engine import generate, kv_bytes_per_token, weight_bytes_per_token  # noqa: E402
 from camelid.model import ModelArgs, Transformer  # noqa: E402
 
@@ -49,16 +49,7 @@ def read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
 
 
 def hf_model(model: Transformer):
-    import transformers
-    a = model.args
-    cfg = transformers.LlamaConfig(
-        hidden_size=a.dim, intermediate_size=a.hidden_dim, num_hidden_layers=a.n_layers,
-        num_attention_heads=a.n_heads, num_key_value_heads=a.kv_heads, vocab_size=a.vocab_size,
-        rms_norm_eps=a.norm_eps, rope_theta=a.rope_theta, max_position_embeddings=a.max_seq_len,
-        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    hf = transformers.LlamaForCausalLM(cfg).eval()
-    hf.load_state_dict(to_hf_state_dict(model.state_dict(), a), strict=False)
-    return hf
+    return to_hf_model(model.state_dict(), model.args, pad_token_id=0).eval()
 
 
 def decode_rate(run, batch, new, repeats) -> float:

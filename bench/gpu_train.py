@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from camelid.checkpoint import to_hf_state_dict
+from camelid.checkpoint import to_hf_model
 from camelid.model import ModelArgs, Transformer
 from camelid.parallel import apply_ac, apply_compile
 from camelid.train.metrics import flops_per_token, peak_flops
@@ -98,16 +98,7 @@ def main():
         return model, model, (lambda logits, y: loss_sum(logits, y) / y.numel())
 
     def hf_model(checkpointing: bool, compiled: bool = False):
-        import transformers
-
-        cfg = transformers.LlamaConfig(hidden_size=args.dim, intermediate_size=args.hidden_dim,
-                                       num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads,
-                                       num_key_value_heads=args.kv_heads, vocab_size=args.vocab_size,
-                                       rms_norm_eps=args.norm_eps, max_position_embeddings=args.max_seq_len,
-                                       tie_word_embeddings=False, attn_implementation="sdpa")
-        hf = transformers.LlamaForCausalLM(cfg)
-        hf.load_state_dict(to_hf_state_dict(sd, args), strict=False)
-        hf = hf.to(device).train()
+        hf = to_hf_model(sd, args, attn_implementation="sdpa").to(device).train()
         if checkpointing:
             hf.gradient_checkpointing_enable()
         if compiled:

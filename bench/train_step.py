@@ -20,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from camelid.checkpoint import to_hf_state_dict
+from camelid.checkpoint import to_hf_model
 from camelid.model import ModelArgs, Transformer
 from camelid.train.metrics import flops_per_token, measure_cpu_matmul_peak
 from camelid.train.objectives import LanguageModeling
@@ -29,17 +29,7 @@ REFERENCE = dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=4, ffn_hidden_dim=14
 
 
 def hf_model(model: Transformer):
-    import transformers
-
-    a = model.args
-    cfg = transformers.LlamaConfig(hidden_size=a.dim, intermediate_size=a.hidden_dim, num_hidden_layers=a.n_layers,
-                                   num_attention_heads=a.n_heads, num_key_value_heads=a.kv_heads,
-                                   vocab_size=a.vocab_size, rms_norm_eps=a.norm_eps, rope_theta=a.rope_theta,
-                                   max_position_embeddings=a.max_seq_len, tie_word_embeddings=False,
-                                   attn_implementation="sdpa")
-    hf = transformers.LlamaForCausalLM(cfg)
-    hf.load_state_dict(to_hf_state_dict(model.state_dict(), a), strict=False)
-    return hf.train()
+    return to_hf_model(model.state_dict(), model.args, attn_implementation="sdpa").train()
 
 
 def make_step(model, kind: str, dtype: torch.dtype, x: torch.Tensor, y: torch.Tensor, compile_loss: bool = False):

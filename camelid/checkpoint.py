@@ -303,6 +303,20 @@ def _hf_config(args: ModelArgs, dtype: torch.dtype, info: dict) -> dict:
     }
 
 
+def to_hf_model(state_dict: dict, args: ModelArgs, **config):
+    """transformers' `LlamaForCausalLM` holding these camelid weights (the peer in side-by-side benchmarks),
+    configured as a Hugging Face export would be; `config` overrides fields (attn_implementation, ...)."""
+    import transformers
+
+    cfg = transformers.LlamaConfig.from_dict({**_hf_config(args, torch.float32, {}), **config})
+    hf = transformers.LlamaForCausalLM(cfg)
+    missing, unexpected = hf.load_state_dict(to_hf_state_dict(state_dict, args), strict=False)
+    if unexpected or [k for k in missing if "rotary" not in k]:
+        raise CheckpointError(f"transformers' Llama does not take these weights: missing {missing}, "
+                              f"unexpected {unexpected}")
+    return hf
+
+
 def _save_hf(sd, args: ModelArgs, out: Path, max_shard_bytes: int, info: dict) -> None:
     from safetensors.torch import save_file
 
