@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # One thread per process: the machine has 2 cores, and bitwise checks need a fixed thread count.
@@ -22,3 +23,12 @@ def smoke_run(tmp_path_factory):
     r = camelid("quickstart", "--smoke", "--out", out)
     assert r.returncode == 0, r.stderr[-3000:]
     return out, r.stdout
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and a busy machine does not stall them; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

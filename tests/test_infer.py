@@ -15,13 +15,7 @@ from camelid.model import Transformer
 from tests.test_model import hf_twin, tiny_model as _tiny_model  # noqa: F401 (hf_twin is used by the tests below)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a busy machine does not stall them; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 GQA = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, ffn_hidden_dim=100, norm_eps=1e-5,

@@ -19,13 +19,7 @@ from tests.test_infer import tiny_model, tiny_tokenizer
 CONTEXT = 128
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a busy machine does not stall them; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def free_port() -> int:
