@@ -137,6 +137,14 @@ def quickstart(out: str | Path = "runs/quickstart", smoke: bool = False, overrid
     return report
 
 
+def _finished(run: Path, result: str, marker: str = "model/config.json") -> dict | None:
+    """A stage's saved result when an earlier quickstart completed it (so a rerun picks up where it stopped)."""
+    if (run / result).exists() and (run / marker).exists():
+        print(f"{run}: complete; skipped")
+        return json.loads((run / result).read_text())
+    return None
+
+
 def stage_sft(out: Path, smoke: bool) -> dict:
     """Fine-tune the pre-trained model on the proving ground; evaluate base and SFT on held-out questions."""
     from camelid.checkpoint import load_model
@@ -159,10 +167,8 @@ def stage_sft(out: Path, smoke: bool) -> dict:
         base = evaluate(model, Tokenizer(model.tokenizer_path), split="test", n=s.eval_n, seed=0,
                         gatt_dialogs=s.eval_gatt, gatt_turns=s.gatt_turns)
         atomic_write_json(base_file, base)
-    if (run / "summary.json").exists() and (run / "eval.json").exists():
-        summary = json.loads((run / "summary.json").read_text())
-        print(f"{run}: complete ({summary['steps']} steps); skipped")
-    else:
+    summary = _finished(run, "summary.json", "eval.json")
+    if summary is None:
         summary = sft(cfg, run, resume=True)
     tuned = json.loads((run / "eval.json").read_text())
     print("held-out proving ground (accuracy; greedy answers):")
@@ -204,10 +210,8 @@ def stage_reward_models(out: Path, smoke: bool) -> dict:
     result = {}
     for kind in ("helpful", "safety"):
         run = out / f"rm-{kind}"
-        if (run / "rm_report.json").exists() and (run / "model" / "config.json").exists():
-            report = json.loads((run / "rm_report.json").read_text())
-            print(f"{run}: complete; skipped")
-        else:
+        report = _finished(run, "rm_report.json")
+        if report is None:
             cfg = load_rm_config("quickstart-rm", [f"model.init_from={m['sft']}", f"rm.kind={kind}",
                                                    f"rm.base_model={m['base']}"] + (SMOKE["rm"] if smoke else []))
             report = train_reward_model(cfg, run, resume=True)
@@ -221,9 +225,8 @@ def stage_rs(out: Path, smoke: bool) -> dict:
     from camelid.rlhf.rs import load_rs_config, rejection_sampling
 
     m, run = _models(out), out / "rs"
-    if (run / "summary.json").exists() and (run / "model" / "config.json").exists():
-        print(f"{run}: complete; skipped")
-        return json.loads((run / "summary.json").read_text())
+    if (done := _finished(run, "summary.json")) is not None:
+        return done
     cfg = load_rs_config("quickstart-rs", [f"model.init_from={m['sft']}", f"rs.reward_helpful={m['rm-helpful']}",
                                            f"rs.reward_safety={m['rm-safety']}"] + (SMOKE["rs"] if smoke else []))
     return rejection_sampling(cfg, run)
@@ -233,9 +236,8 @@ def stage_ppo(out: Path, smoke: bool) -> dict:
     from camelid.rlhf.ppo import load_ppo_config, ppo
 
     m, run = _models(out), out / "ppo"
-    if (run / "summary.json").exists() and (run / "model" / "config.json").exists():
-        print(f"{run}: complete; skipped")
-        return json.loads((run / "summary.json").read_text())
+    if (done := _finished(run, "summary.json")) is not None:
+        return done
     cfg = load_ppo_config("quickstart-ppo", [f"model.init_from={m['rs']}", f"ppo.reward_helpful={m['rm-helpful']}",
                                              f"ppo.reward_safety={m['rm-safety']}"] + (SMOKE["ppo"] if smoke else []))
     return ppo(cfg, run, resume=True)
@@ -245,10 +247,8 @@ def stage_gatt(out: Path, smoke: bool) -> dict:
     from camelid.train.sft import load_sft_config, sft
 
     m, run = _models(out), out / "gatt"
-    if (run / "summary.json").exists() and (run / "eval.json").exists():
-        print(f"{run}: complete; skipped")
-        summary = json.loads((run / "summary.json").read_text())
-    else:
+    summary = _finished(run, "summary.json", "eval.json")
+    if summary is None:
         cfg = load_sft_config("quickstart-gatt", [f"model.init_from={m['ppo']}"] + (SMOKE["gatt"] if smoke else []))
         summary = sft(cfg, run, resume=True)
     return {"steps": summary["steps"], "seconds": summary["seconds"], "eval": summary.get("eval")}
