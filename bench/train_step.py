@@ -7,6 +7,11 @@
 One training step = forward, loss, backward, AdamW step. Both models get the same weights, batch and
 optimizer; they are timed alternately so that background load hits both. MFU uses
 6(N - embedding) + 12 L H Q T FLOPs per token over the measured matmul peak of that precision.
+
+Every contestant is timed twice in the one process: first with glibc's allocator as the process starts
+(as a transformers script runs), then after `keep_freed_memory()`, which camelid's trainer calls on CPUs
+(camelid.train.malloc) and which cannot be undone. "vs stock transformers" compares each row with
+transformers in the first phase; "x" with transformers in the same phase.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch.nn.functional as F
 
 from camelid.checkpoint import to_hf_model
 from camelid.model import ModelArgs, Transformer
+from camelid.train.malloc import keep_freed_memory
 from camelid.train.metrics import flops_per_token, measure_cpu_matmul_peak
 from camelid.train.objectives import LanguageModeling
 
@@ -81,6 +87,9 @@ def main():
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--compile-transformers", action="store_true", help="also time transformers' model under torch.compile")
     p.add_argument("--compile-scopes", default="blocks,model", help="torch.compile per block, of the whole model, or both")
+    p.add_argument("--allocators", default="default,keep",
+                   help="glibc allocator phases, in this order: 'default' as the process starts, then 'keep' (what "
+                        "camelid's trainer sets on CPUs, camelid.train.malloc; it cannot be undone, so it comes last)")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
 
@@ -93,9 +102,9 @@ def main():
     results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                           f"torch {torch.__version__}", "config": REFERENCE, "batch": [args.batch, args.seq], "runs": []}
     print(results["machine"])
+    contests = {}  # dtype -> (peak, {contestant: step}), built once: compiled graphs are reused by both phases
     for name in args.dtypes.split(","):
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
-        peak = measure_cpu_matmul_peak(dtype)
         base = Transformer(margs)
         steps = {"transformers": make_step(hf_model(base), "hf", dtype, x, y),
                  "camelid": make_step(base, "camelid", dtype, x, y)}
@@ -111,15 +120,26 @@ def main():
             hf_compiled = hf_model(base)
             hf_compiled.compile()
             steps["transformers+compile"] = make_step(hf_compiled, "hf", dtype, x, y)
-        t = measure(steps, args.steps, args.warmup + (2 if not args.no_compile else 0))
-        ref = tokens / t["transformers"]
-        print(f"\n{name}: matmul peak {peak / 1e9:.0f} GFLOP/s")
-        for k, sec in t.items():
-            tps = tokens / sec
-            row = {"dtype": name, "model": k, "tokens_per_s": tps, "vs_transformers": tps / ref,
-                   "mfu": tps * fpt / peak, "peak_gflops": peak / 1e9}
-            results["runs"].append(row)
-            print(f"  {k:<24} {tps:8.0f} tokens/s  {tps / ref:5.2f}x  MFU {100 * row['mfu']:4.1f}%")
+        contests[name] = (measure_cpu_matmul_peak(dtype), steps)
+    stock = {}  # dtype -> transformers' step time with the allocator as it ships
+    for allocator in args.allocators.split(","):
+        if allocator == "keep":  # what camelid's trainer does on CPUs; irreversible, so it runs last
+            if not keep_freed_memory():
+                print("keep_freed_memory() did not apply here (not glibc): skipping that phase")
+                break
+        for name, (peak, steps) in contests.items():
+            t = measure(steps, args.steps, args.warmup + (2 if not args.no_compile else 0))
+            ref = tokens / t["transformers"]
+            stock.setdefault(name, t["transformers"])
+            print(f"\n{name}, allocator {allocator}: matmul peak {peak / 1e9:.0f} GFLOP/s")
+            for k, sec in t.items():
+                tps = tokens / sec
+                row = {"dtype": name, "allocator": allocator, "model": k, "tokens_per_s": tps,
+                       "vs_transformers": tps / ref, "vs_stock_transformers": tps * stock[name] / tokens,
+                       "mfu": tps * fpt / peak, "peak_gflops": peak / 1e9}
+                results["runs"].append(row)
+                print(f"  {k:<24} {tps:8.0f} tokens/s  {tps / ref:5.2f}x  vs stock transformers "
+                      f"{row['vs_stock_transformers']:5.2f}x  MFU {100 * row['mfu']:4.1f}%")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

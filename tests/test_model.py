@@ -57,29 +57,54 @@ def test_math_attention_equals_sdpa(kv_heads):
     assert (math_causal_attention(q, k, v) - want).abs().max() <= 1e-12
 
 
-def test_bf16_cpu_attention_path_matches_flash(monkeypatch):
-    """The bf16 CPU training path (plain matmuls) against SDPA's flash kernel: same logits and gradients
-    up to bf16 rounding."""
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_blockwise_attention_equals_sdpa(kv_heads):
+    """Queries in blocks (the last one short) against the keys up to each block's end: the same outputs
+    and gradients as one causal call."""
+    torch.manual_seed(0)
+    q = torch.randn(3, 4, 19, 8, dtype=torch.float64, requires_grad=True)
+    k, v = torch.randn(2, 3, kv_heads, 19, 8, dtype=torch.float64, requires_grad=True).unbind(0)
+    grad = torch.randn(3, 4, 19, 8, dtype=torch.float64)
+    results = []
+    for attend in (lambda: model_module.blockwise_causal_attention(q, k, v, block=5),
+                   lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)):
+        out = attend()
+        results.append((out, *torch.autograd.grad(out, (q, k, v), grad)))
+    for ours, want in zip(*results):
+        assert (ours - want).abs().max() <= 1e-12
+
+
+@pytest.mark.parametrize("path,dtype,tol", [("math", torch.bfloat16, 0.05), ("blocks", torch.bfloat16, 0.05),
+                                            ("blocks", torch.float32, 1e-5)])
+def test_cpu_attention_paths_match_flash(monkeypatch, path, dtype, tol):
+    """The CPU training paths (plain matmuls in bf16, query blocks) against SDPA's flash kernel in the
+    whole model: same logits and gradients up to rounding."""
     model = tiny_model()
     x = torch.randint(0, SMALL["vocab_size"], (2, 33))
     results = {}
-    for use_math in (True, False):
-        monkeypatch.setattr(model_module, "use_math_attention", lambda q, use=use_math: use)
+    for use in (path, "flash"):
+        monkeypatch.setattr(model_module, "causal_attention_path", lambda q, use=use: use)
+        monkeypatch.setattr(model_module, "CAUSAL_QUERY_BLOCK", 8)
         model.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
             logits = model(x).float()
         logits.logsumexp(-1).mean().backward()
-        results[use_math] = logits.detach(), model.layers[0].attention.wq.weight.grad.clone()
-    (lm, gm), (lf, gf) = results[True], results[False]
-    assert (lm - lf).abs().max() <= 0.05 * lf.abs().max()
-    assert (gm - gf).norm() <= 0.05 * gf.norm()
+        results[use] = logits.detach(), model.layers[0].attention.wq.weight.grad.clone()
+    (lm, gm), (lf, gf) = results[path], results["flash"]
+    assert (lm - lf).abs().max() <= tol * lf.abs().max()
+    assert (gm - gf).norm() <= tol * gf.norm()
 
 
-def test_math_attention_is_chosen_only_for_short_bf16_cpu():
-    q = torch.zeros(1, 1, 8, 4)
-    assert not model_module.use_math_attention(q)
-    assert model_module.use_math_attention(q.bfloat16())
-    assert not model_module.use_math_attention(torch.zeros(1, 1, model_module.MATH_ATTENTION_MAX_LEN + 1, 4).bfloat16())
+def test_causal_attention_path_choice():
+    block, longest = model_module.CAUSAL_QUERY_BLOCK, model_module.CPU_ATTENTION_MAX_LEN
+    path = model_module.causal_attention_path
+    assert path(torch.zeros(1, 1, block, 4)) == "flash"  # one block: nothing to skip
+    assert path(torch.zeros(1, 1, longest, 4)) == "blocks"
+    assert path(torch.zeros(1, 1, longest, 4).bfloat16()) == "math"
+    assert path(torch.zeros(1, 1, 2, 4).bfloat16()) == "math"
+    assert path(torch.zeros(1, 1, longest + 1, 4)) == "flash"  # the kernel skips whole key blocks there
+    assert path(torch.zeros(1, 1, longest + 1, 4).bfloat16()) == "flash"
+    assert path(torch.zeros(1, 1, longest, 4, device="meta")) == "flash"  # not a CPU
 
 
 @pytest.mark.parametrize("chunks", [[1] * 12, [5, 1, 3, 3], [4, 8], [12]])

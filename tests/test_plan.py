@@ -79,9 +79,9 @@ def test_activation_formula_against_the_eager_block(monkeypatch):
 
     The formula is the lean count; the eager block saves more (RMSNorm and rotary run in fp32, so their
     saved tensors are 4-byte): the measured total is between 1x and 1.6x of it. The planner models GPU
-    training with flash attention, so the block is held to SDPA (not the short-sequence bf16 CPU path).
+    training with flash attention, so the block is held to SDPA (not camelid's CPU paths).
     """
-    monkeypatch.setattr(model_module, "use_math_attention", lambda q: False)
+    monkeypatch.setattr(model_module, "causal_attention_path", lambda q: "flash")
     torch.manual_seed(0)
     for kv in (8, 2):
         args = ModelArgs(dim=256, n_layers=1, n_heads=8, n_kv_heads=kv, vocab_size=64, ffn_hidden_dim=704,

@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from camelid.errors import CamelidError
 from camelid.train import checkpointing as ckpt
+from camelid.train.malloc import keep_freed_memory
 from camelid.train.metrics import MetricsLog, flops_per_token, peak_flops
 from camelid.train.optim import build_optimizer, lr_at
 from camelid.train.profiling import StepProfiler
@@ -93,6 +94,8 @@ class Trainer:
         self.device = next(self.model.parameters()).device
         self.amp_dtype = DTYPES[t.dtype]
         self.optimizer = self.optimizer or build_optimizer(self.model, t)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # no page faults for the same activations every step
         self.step = 0
         self.tokens = 0
         self.bad_steps = 0
