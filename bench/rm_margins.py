@@ -1,6 +1,7 @@
 """Reward-model accuracy by rating for each margin setting and several seeds (Llama-2 Table 8 layout).
 
     python bench/rm_margins.py --sft runs/full/sft/model --base runs/full/pretrain/model --out runs/rm-bench
+    python bench/rm_margins.py ... --rm-init runs/mini/sft/model   # a reward model larger than the policy
 
 Pairs are generated once per (kind, seed) from the SFT and base models and rated by the proving
 ground's judges; each margin setting then trains on the same pairs. Prints mean ± std over seeds and
@@ -21,6 +22,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sft", required=True)
     p.add_argument("--base", required=True)
+    p.add_argument("--rm-init", help="SFT checkpoint the reward models start from (default: --sft, the policy "
+                   "that samples the pairs); InstructGPT paired a 175B policy with a 6B RM, and Llama-2 "
+                   "Figure 6 shows RM accuracy growing with size")
     p.add_argument("--out", default="runs/rm-bench")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--margins", nargs="+", default=["none", "small", "large"])
@@ -37,7 +41,8 @@ def main():
     sft = load_model(a.sft)
     tok = Tokenizer(sft.tokenizer_path)
     models = [sft, load_model(a.base)]
-    base_cfg = load_rm_config("quickstart-rm", [f"model.init_from={a.sft}", "log.progress=false"] + a.overrides)
+    rm_init = a.rm_init or a.sft
+    base_cfg = load_rm_config("quickstart-rm", [f"model.init_from={rm_init}", "log.progress=false"] + a.overrides)
     for kind in a.kinds:
         for seed in a.seeds:
             data = out / f"pairs-{kind}-{seed}"
@@ -53,7 +58,7 @@ def main():
                 if (run / "rm_report.json").exists():
                     report = json.loads((run / "rm_report.json").read_text())
                 else:
-                    cfg = load_rm_config("quickstart-rm", [f"model.init_from={a.sft}", f"rm.kind={kind}",
+                    cfg = load_rm_config("quickstart-rm", [f"model.init_from={rm_init}", f"rm.kind={kind}",
                                                            f"rm.margin={margin}", f"rm.data={data / 'train.jsonl'}",
                                                            f"rm.val_data={data / 'test.jsonl'}", f"rm.seed={seed}",
                                                            f"train.seed={seed}", "log.progress=false"] + a.overrides)
