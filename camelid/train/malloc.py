@@ -4,7 +4,8 @@ glibc hands the free top of its heap back to the kernel once more than M_TRIM_TH
 (64 MB at most with its self-adjusting defaults) and serves blocks above M_MMAP_THRESHOLD with fresh
 mappings that are unmapped on free. A training step frees its activations at the end of the backward
 pass and allocates them again in the next forward, so by default every step faults those pages back in
-and the kernel zeroes them again: 9% of an fp32 step of the reference model on a 2-core CPU
+and the kernel zeroes them again: 9% of the matmul time of an eager fp32 step of the reference model
+on a 2-core CPU, 3-8% of a compiled step, more for libraries that make more temporaries
 (docs/PERFORMANCE.md). PyTorch's CPU tuning guide fixes this with jemalloc or tcmalloc through
 LD_PRELOAD; two `mallopt` calls do it from inside the process. The cost: the process keeps its peak
 heap until it exits, which a training run reaches every step anyway.
