@@ -82,9 +82,9 @@ def test_cpu_attention_paths_match_flash(monkeypatch, path, dtype, tol):
     model = tiny_model()
     x = torch.randint(0, SMALL["vocab_size"], (2, 33))
     results = {}
+    monkeypatch.setattr(model_module, "CAUSAL_QUERY_BLOCK", 8)  # several blocks in 33 tokens
     for use in (path, "flash"):
         monkeypatch.setattr(model_module, "causal_attention_path", lambda q, use=use: use)
-        monkeypatch.setattr(model_module, "CAUSAL_QUERY_BLOCK", 8)
         model.zero_grad()
         with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
             logits = model(x).float()

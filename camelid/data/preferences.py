@@ -123,7 +123,6 @@ def load_pairs(path: str | Path, skip_bad: bool = False) -> list[PreferencePair]
 
 
 def save_pairs(pairs: list[PreferencePair], path: str | Path) -> None:
-
     atomic_write_text(path, "".join(json.dumps(p.to_dict()) + "\n" for p in pairs))
 
 

@@ -4,8 +4,8 @@
   one graph, so compile time does not grow with depth, parameter names stay unchanged, and FSDP's
   per-block hooks sit between graphs, where they must.
 - "model": the whole forward as one graph, so the embedding, final norm and output projection fuse
-  too. Faster where nothing wraps the blocks (one process, or plain DDP): on this project's CPU it
-  moved bf16 training from 1.18x to about 1.24x transformers' tokens/s (docs/PERFORMANCE.md).
+  too. Only where nothing wraps the blocks (one process, or plain DDP); on this project's CPU it was no
+  faster than per block and took twice as long to compile (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
