@@ -2,7 +2,7 @@
 
     python bench/sft_seeds.py --base runs/qs/pretrain/model --seeds 0 1 2 --out runs/bench_sft
 
-For each seed: the quickstart's SFT recipe (configs/quickstart-sft.toml, sft.seed = train.seed = seed)
+For each seed: the quickstart's SFT recipe (camelid/configs/quickstart-sft.toml, sft.seed = train.seed = seed)
 without and with Ghost Attention dialogs (the same steps); held-out proving-ground accuracy of the
 base model and of both fine-tuned models on that seed's test questions; GAtt adherence by turn.
 Prints mean, standard deviation and range over seeds, and whether each gain exceeds twice the spread.

@@ -10,7 +10,11 @@ import argparse
 import importlib
 import sys
 
+import camelid
 from camelid.errors import CamelidError
+
+# Optional packages and the extra that brings each: a command that needs one says how to install it.
+EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "pyarrow": "parquet", "transformers": "hf"}
 
 # name -> (module, one-line help). Keep in pipeline order: it is the order `--help` lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -41,6 +45,7 @@ def _top_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="commands:\n" + "\n".join(f"  {n:<12} {h}" for n, (_, h) in COMMANDS.items()),
     )
+    p.add_argument("--version", action="version", version=f"camelid {camelid.__version__}")
     p.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")
     return p
 
@@ -52,17 +57,24 @@ def main(argv: list[str] | None = None) -> None:
         return
     name, rest = argv[0], argv[1:]
     module_name, help_text = COMMANDS[name]
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"camelid {name}", description=help_text,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    module.add_arguments(parser)
-    args = parser.parse_args(rest)
     try:
+        module = importlib.import_module(module_name)
+        parser = argparse.ArgumentParser(prog=f"camelid {name}", description=help_text,
+                                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.add_arguments(parser)
+        args = parser.parse_args(rest)
         code = module.run(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         code = 130
     except CamelidError as e:
         print(f"camelid {name}: error: {e}", file=sys.stderr)
+        code = 2
+    except ModuleNotFoundError as e:
+        extra = EXTRAS.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"camelid {name}: error: this command needs {e.name}, which is not installed: "
+              f"pip install 'camelid[{extra}]'", file=sys.stderr)
         code = 2
     sys.exit(code or 0)

@@ -13,6 +13,7 @@ import sys
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from camelid.errors import CamelidError
@@ -219,8 +220,9 @@ def _load_with_inherit(path: Path, seen=()) -> dict:
     return d
 
 
-# Shipped recipes live in the repository's configs/ (an editable install, as the README does it).
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Shipped recipes are package data (camelid/configs/), found the same way from a checkout, an editable
+# install or a wheel, whatever the working directory.
+CONFIG_DIR = Path(str(resources.files("camelid") / "configs"))
 
 
 def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Path:

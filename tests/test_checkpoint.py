@@ -7,12 +7,11 @@ import sys
 
 import pytest
 import torch
+import transformers
 
 from camelid.checkpoint import CheckpointError, load_model, meta_params, save_model
 from camelid.model import ModelArgs, Transformer
 from tests.test_model import SMALL, hf_twin, tiny_model
-
-transformers = pytest.importorskip("transformers")
 
 
 def logits(model, x):

@@ -26,7 +26,7 @@ def tiny_model(seed=0, std=None, **kw) -> Transformer:
 
 
 def hf_twin(model: Transformer):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     a = model.args
     cfg = transformers.LlamaConfig(
         hidden_size=a.dim, intermediate_size=a.hidden_dim, num_hidden_layers=a.n_layers,

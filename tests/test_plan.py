@@ -179,6 +179,6 @@ def test_cli_plan_reads_a_recipe(capsys):
     from camelid.cli import main
 
     with pytest.raises(SystemExit) as e:
-        main(["plan", "--model", "configs/llama2-7b.toml", "--tokens", "2T", "--gpus", "256", "--json"])
+        main(["plan", "--model", "camelid/configs/llama2-7b.toml", "--tokens", "2T", "--gpus", "256", "--json"])
     assert e.value.code == 0
     assert json.loads(capsys.readouterr().out)["n_params"] == preset("llama2-7b").num_params()

@@ -36,7 +36,7 @@ def tok(tmp_path_factory, corpus_text) -> Tokenizer:
 
 @pytest.fixture(scope="session")
 def llama_model_path():
-    mc = pytest.importorskip("mistral_common")
+    import mistral_common as mc
     path = os.path.join(os.path.dirname(mc.__file__), "data", "tokenizer.model.v1")
     if not os.path.isfile(path):
         pytest.skip("mistral-common does not ship tokenizer.model.v1")

@@ -15,7 +15,7 @@
     weight = 0.2
 
 Relative paths are read from the current directory. Weights need not sum to 1 (they are
-normalised); a weight of 0 prepares a source without sampling it. `configs/data/llama1-mixture.toml`
+normalised); a weight of 0 prepares a source without sampling it. `camelid/configs/data/llama1-mixture.toml`
 is LLaMA-1's Table 1; the embedded mixture below is the default and needs nothing but pip.
 """
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from camelid.config import CONFIG_DIR
 from camelid.data.sources import SourceSpec
 from camelid.errors import CamelidError
 
@@ -33,7 +34,7 @@ except ImportError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 # The default: a miniature of LLaMA-1's mixture from text that ships with pip (see camelid/data/corpus.py;
-# the same text is in configs/data/embedded.toml).
+# the same text is in camelid/configs/data/embedded.toml).
 EMBEDDED_MIXTURE_TOML = """\
 # camelid's embedded default corpus: a miniature of LLaMA-1's mixture (Table 1) built from text that
 # arrives with `pip install camelid` and needs no download. Sizes are for CPython 3.11.
@@ -123,13 +124,12 @@ def embedded_mixture(overrides: dict | None = None) -> Mixture:
 
 
 def _config_dirs() -> list[Path]:
-    here = Path(__file__).resolve()
-    return [Path.cwd() / "configs" / "data", here.parents[2] / "configs" / "data"]
+    return [Path.cwd() / "configs" / "data", CONFIG_DIR / "data"]
 
 
 def load_mixture(mixture=None, overrides: dict | None = None) -> Mixture:
     """A Mixture from: None or "embedded" (the default), a Mixture, a dict, a TOML path, or the name of a
-    file in configs/data/ (e.g. "llama1-mixture"). `overrides` set a key on every source (e.g. skip_bad)."""
+    file in camelid/configs/data/ (e.g. "llama1-mixture"). `overrides` set a key on every source (e.g. skip_bad)."""
     if mixture is None or mixture == "embedded":
         return embedded_mixture(overrides)
     if isinstance(mixture, Mixture):

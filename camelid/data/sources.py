@@ -348,7 +348,7 @@ def _pyarrow_parquet():
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise CamelidError("Parquet sources need pyarrow: pip install pyarrow") from None
+        raise CamelidError("Parquet sources need pyarrow: pip install 'camelid[parquet]'") from None
     return pq
 
 

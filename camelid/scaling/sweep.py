@@ -109,7 +109,7 @@ def _finished(run_dir: Path, tokens: int) -> bool:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder for the runs (one subfolder per run)")
-    p.add_argument("--config", default="configs/quickstart.toml", help="pre-training recipe each run starts from")
+    p.add_argument("--config", default="quickstart", help="pre-training recipe each run starts from (a shipped recipe name or a TOML path)")
     p.add_argument("--data", help="prepared data directory (data.dir); e.g. the one `camelid quickstart` made")
     p.add_argument("--batch-tokens", type=int, default=8192, help="train.batch_tokens of every run")
     p.add_argument("--budgets", default="1e13,3e13,1e14", help="IsoFLOP budgets (FLOPs, comma-separated)")

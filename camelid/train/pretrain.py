@@ -1,7 +1,7 @@
 """Pre-training: next-token prediction on a weighted mixture of prepared sources (LLaMA-1 §2).
 
-`camelid pretrain --config configs/quickstart.toml --out runs/x` or a recipe name such as
-`--config llama2-7b`. The run directory gets config.toml, metrics.jsonl, checkpoints/, model/ (the
+`camelid pretrain --config quickstart --out runs/x` (a shipped recipe name, e.g. `--config llama2-7b`, or a
+TOML path). The run directory gets config.toml, metrics.jsonl, checkpoints/, model/ (the
 final weights in camelid format, with the tokenizer) and summary.json.
 """
 

@@ -10,8 +10,8 @@
   tokens of the whole global batch; dialogs packed into rows of the model's context, each attending
   only to itself (sft.cross_attention = true lets them see each other).
 * Defaults are Llama-2's: cosine from 2e-5, weight decay 0.1, 64 sequences per batch, 2 epochs,
-  sequence length = the model's context (configs/sft.toml). The quickstart departs from them and
-  says why (configs/quickstart-sft.toml).
+  sequence length = the model's context (camelid/configs/sft.toml). The quickstart departs from them and
+  says why (camelid/configs/quickstart-sft.toml).
 
 The run directory gets config.toml, metrics.jsonl (train rows and held-out answer loss), checkpoints/
 (resume with --resume), model/ (final weights with the tokenizer), summary.json and, for the proving
@@ -236,7 +236,7 @@ def sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, quiet: bool =
 def add_arguments(p) -> None:
     p.description = ("Supervised fine-tuning of a chat model (Llama-2 §3.1): loss on assistant answers only, "
                      "dialogs packed into full rows, cosine LR from 2e-5, batch 64, 2 epochs. Settings: "
-                     "configs/sft.toml (or --config), then the flags below, then --set.")
+                     "camelid/configs/sft.toml (or --config), then the flags below, then --set.")
     p.add_argument("--model", required=False, help="checkpoint to fine-tune (camelid, Hugging Face or Meta format)")
     p.add_argument("--data", default=None,
                    help="JSONL file(s) (messages or prompt/response), comma-separated, or 'proving-ground'")
