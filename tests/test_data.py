@@ -13,6 +13,7 @@ import pytest
 
 from camelid import Tokenizer
 from camelid.cli import main as cli_main
+from camelid.config import CONFIG_DIR
 from camelid.data import MixtureSampler, prepare_data, read_manifest
 from camelid.data import prepare as prepare_mod
 from camelid.data import sources as sources_mod
@@ -21,7 +22,6 @@ from camelid.data.mixture import EMBEDDED_MIXTURE_TOML, embedded_mixture, load_m
 from camelid.data.sources import SourceSpec, iter_documents
 from camelid.errors import CamelidError
 
-REPO = Path(__file__).resolve().parents[1]
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
 
 
@@ -354,10 +354,10 @@ def test_embedded_sources_are_real_text():
 
 
 def test_shipped_mixtures_parse():
-    emb = load_mixture(REPO / "configs" / "data" / "embedded.toml")
+    emb = load_mixture(CONFIG_DIR / "data" / "embedded.toml")
     assert emb.to_dict() == embedded_mixture().to_dict()
-    assert (REPO / "configs" / "data" / "embedded.toml").read_text() == EMBEDDED_MIXTURE_TOML
-    llama = load_mixture(REPO / "configs" / "data" / "llama1-mixture.toml")
+    assert (CONFIG_DIR / "data" / "embedded.toml").read_text() == EMBEDDED_MIXTURE_TOML
+    llama = load_mixture(CONFIG_DIR / "data" / "llama1-mixture.toml")
     table1 = {"commoncrawl": (0.67, 1.10), "c4": (0.15, 1.06), "github": (0.045, 0.64), "wikipedia": (0.045, 2.45),
               "books": (0.045, 2.23), "arxiv": (0.025, 1.06), "stackexchange": (0.02, 1.03)}
     assert {s.name: (s.weight, s.epochs) for s in llama.sources} == table1
