@@ -8,6 +8,7 @@ import torch
 
 from camelid.data.padding import pad_right
 from camelid.reward_model import RewardModel, combined_reward
+from camelid.train.stage import flag_overrides
 
 
 @dataclass
@@ -90,7 +91,7 @@ def add_policy_arguments(p, stage: str, policy_help: str) -> None:
     p.add_argument("--reward-safety", help="safety reward model (optional)")
     p.add_argument("--prompts", default=None, help="'proving-ground' or a JSONL of prompts")
     p.add_argument("--iterations", type=int, default=None)
-    p.add_argument("--config", default=None, help=f"recipe file or name (default: {stage})")
+    p.add_argument("--config", default=None, help="recipe file or name (default: Llama-2's settings, the stage's config class)")
     p.add_argument("--out", default=f"runs/{stage}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
@@ -100,4 +101,4 @@ def policy_overrides(args, stage: str, **extra) -> list[str]:
     given = {"model.init_from": args.policy, f"{stage}.reward_helpful": args.reward_helpful,
              f"{stage}.reward_safety": args.reward_safety, f"{stage}.prompts": args.prompts,
              f"{stage}.iterations": args.iterations, **{f"{stage}.{k}": v for k, v in extra.items()}}
-    return [f"{k}={v}" for k, v in given.items() if v is not None] + list(args.overrides)
+    return flag_overrides(given) + list(args.overrides)
