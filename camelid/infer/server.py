@@ -479,7 +479,8 @@ class Server:
             stream = False
         if not isinstance(stream, bool):
             raise APIError(400, "'stream' must be true or false", param="stream")
-        opts = body.get("stream_options") or {}
+        opts = body.get("stream_options")
+        opts = {} if opts is None else opts
         if not isinstance(opts, dict) or not isinstance(opts.get("include_usage", False), (bool, type(None))):
             raise APIError(400, "'stream_options' must be an object like {\"include_usage\": true}",
                            param="stream_options")
