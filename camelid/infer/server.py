@@ -918,6 +918,7 @@ def serve_app(app, sock: socket.socket) -> int:
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    app.state.uvicorn = server  # so that whoever embeds it can stop it (should_exit)
     worker = app.state.server.worker
 
     def on_death():
