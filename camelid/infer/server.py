@@ -889,8 +889,9 @@ def listen_socket(host: str, port: int) -> socket.socket:
     port fails at once, and before anything claims to be serving."""
     if not 0 <= port <= 65535:
         raise CamelidError(f"--port must be between 0 and 65535, got {port}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # uvicorn's rule: "localhost" stays IPv4
     try:
-        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM,
                                                           flags=socket.AI_PASSIVE)[0]
     except (socket.gaierror, UnicodeError) as e:
         raise CamelidError(f"cannot listen on {host}:{port}: {e}") from None
