@@ -46,6 +46,20 @@ def slow_steps(app, seconds: float) -> None:
     eng.step = slow
 
 
+def never_stopping(app) -> list:
+    """Requests run to max_tokens whatever the random model says (no EOS); returns them as they arrive."""
+    eng, seen = app.state.server.engine, []
+    add = eng.add
+
+    def add_without_stop(req):
+        req.stop_ids = ()
+        seen.append(req)
+        return add(req)
+
+    eng.add = add_without_stop
+    return seen
+
+
 def wait_for(cond, timeout=10.0, what="condition"):
     deadline = time.time() + timeout
     while not cond():
@@ -132,6 +146,7 @@ def test_a_tokenizer_that_cannot_decode_fails_its_requests_not_the_engine(tok):
 def test_a_dead_engine_fails_requests_at_once_and_health_says_so(tok):
     app = make_app(tok)
     slow_steps(app, 0.05)
+    never_stopping(app)
     srv = app.state.server
     with TestClient(app) as c:
         assert c.get("/health").json()["status"] == "ok"
@@ -184,9 +199,7 @@ def test_health_says_wedged_while_a_step_hangs(tok):
 def test_an_abandoned_request_is_cancelled_and_frees_its_row(tok, stream):
     app = make_app(tok)
     slow_steps(app, 0.05)  # 100 tokens: 5 s if nobody stops it
-    srv, seen = app.state.server, []
-    add = srv.engine.add
-    srv.engine.add = lambda req: seen.append(req) or add(req)
+    seen = never_stopping(app)
     body = {"prompt": [1, 50, 60, 70], "max_tokens": 100, "temperature": 0, "stream": stream}
     with live_server(app) as (url, _, _):
         if stream:
