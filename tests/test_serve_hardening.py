@@ -143,6 +143,25 @@ def test_a_tokenizer_that_cannot_decode_fails_its_requests_not_the_engine(tok):
         assert app.state.server.worker.is_alive() and app.state.server.in_flight == 0
 
 
+def test_a_failed_step_fails_its_batch_and_the_engine_keeps_serving(tok):
+    app = make_app(tok)
+    never_stopping(app)
+    eng = app.state.server.engine
+    step, failures = eng.step, [RuntimeError("injected step fault")]
+
+    def flaky():
+        if failures and eng.active:  # once, with a request decoding
+            raise failures.pop()
+        return step()
+
+    eng.step = flaky
+    with TestClient(app) as c:
+        r = c.post(C, json={"prompt": "hello", "max_tokens": 8, "temperature": 0})
+        assert r.status_code == 500 and "injected step fault" in r.json()["error"]["message"]
+        assert c.post(C, json={"prompt": "hello", "max_tokens": 8, "temperature": 0}).status_code == 200
+        assert c.get("/health").json()["status"] == "ok" and app.state.server.in_flight == 0
+
+
 def test_a_dead_engine_fails_requests_at_once_and_health_says_so(tok):
     app = make_app(tok)
     slow_steps(app, 0.05)
