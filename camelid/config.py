@@ -164,6 +164,18 @@ def from_dict(cls, d: dict, prefix: str = "", base=None):
     return dataclasses.replace(base, **kwargs)
 
 
+def replace_keys(cfg, values: dict):
+    """A copy of dataclass `cfg` with dotted keys set ({"model.init_from": path}), checked as a recipe is."""
+    d: dict = {}
+    for key, value in values.items():
+        node = d
+        *sections, last = key.split(".")
+        for part in sections:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return from_dict(type(cfg), d, base=cfg)
+
+
 def _parse_value(text: str):
     try:
         return tomllib.loads(f"v = {text}")["v"]

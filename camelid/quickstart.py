@@ -1,7 +1,10 @@
 """`camelid quickstart`: the recipe end to end on a laptop CPU, with data that came with `pip install`.
 
-A pipeline of stages, each writing into its own folder of the output directory and skipped when its
-output is already complete (so an interrupted quickstart picks up where it stopped):
+`PIPELINE` below is the recipe as a list of steps, read top to bottom: each runs one stage (the same code
+as its `camelid` command) from a shipped recipe into its own folder of the output directory, fed by the
+outputs of earlier steps through its typed config, and is skipped when it already finished with the
+same settings (so an interrupted quickstart picks up where it stopped). `--print-commands` prints the
+same pipeline as `camelid` commands; `--set STAGE.section.key=value` reaches any stage.
 
     tokenizer/  SentencePiece BPE with LLaMA's settings, trained on the embedded corpus
     data/       token shards of the embedded mixture, with a held-out split per source
@@ -19,10 +22,12 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import shlex
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from camelid.config import load_config, resolve_config_path
+from camelid.config import ConfigError, apply_overrides, from_dict, load_config, replace_keys, validate
 
 VOCAB_SIZE = 4096
 SMOKE = {  # every stage at toy size: proves the pipeline works in seconds (the test suite runs this)
@@ -42,6 +47,45 @@ SMOKE = {  # every stage at toy size: proves the pipeline works in seconds (the 
              "sft.seq_len=128", "sft.val_n=8", "sft.eval_n=20", "sft.eval_gatt=2", "sft.gatt_turns=3"],
     "report_n": 20,
 }
+
+
+@dataclass(frozen=True)
+class Step:
+    """One line of the pipeline: a stage run into OUT/name from a shipped recipe, fed by earlier outputs."""
+    name: str  # its folder under --out, and the prefix of `--set name.section.key=value`
+    title: str
+    stage: str = ""  # the camelid command that runs it (pretrain, sft, rm, rs, ppo); empty: a step of its own
+    recipe: str = ""
+    inputs: dict = field(default_factory=dict)  # config key -> an earlier step's output, relative to --out
+    values: dict = field(default_factory=dict)  # config key -> a fixed setting of this step
+    group: str = ""  # `--set group.key=...` reaches every step of the group (both reward models)
+
+
+# The recipe, top to bottom. `camelid quickstart --print-commands` prints it as camelid commands.
+PIPELINE = [
+    Step("tokenizer", "1. tokenizer: SentencePiece BPE, digits split, byte fallback"),
+    Step("data", "2. data: tokenize the embedded corpus into shards (a miniature of LLaMA-1's mixture)"),
+    Step("pretrain", "3. pre-training: a small LLaMA from scratch (AdamW 0.9/0.95, cosine to 10%, clip 1.0)",
+         "pretrain", "quickstart", inputs={"data.dir": "data", "data.tokenizer": "tokenizer/tokenizer.model"}),
+    Step("sft", "4. supervised fine-tuning (Llama-2 SFT): chat format, loss on answers only, packed rows; "
+                "held-out proving-ground accuracy before and after",
+         "sft", "quickstart-sft", inputs={"model.init_from": "pretrain/model"}),
+    Step("rm-helpful", "5. reward models (Llama-2 §3.2.2): helpfulness, ranking loss with a rating margin",
+         "rm", "quickstart-rm", inputs={"model.init_from": "sft/model", "rm.base_model": "pretrain/model"},
+         values={"rm.kind": "helpful"}, group="rm"),
+    Step("rm-safety", "5. reward models (Llama-2 §3.2.2): safety, ranking loss with a rating margin",
+         "rm", "quickstart-rm", inputs={"model.init_from": "sft/model", "rm.base_model": "pretrain/model"},
+         values={"rm.kind": "safety"}, group="rm"),
+    Step("rs", "6. rejection sampling: best of K by the combined reward, pooled over iterations, fine-tuned",
+         "rs", "quickstart-rs", inputs={"model.init_from": "sft/model", "rs.reward_helpful": "rm-helpful/model",
+                                        "rs.reward_safety": "rm-safety/model"}),
+    Step("ppo", "7. PPO: combined reward, whitened, minus beta * KL to the SFT model; clipped surrogate",
+         "ppo", "quickstart-ppo", inputs={"model.init_from": "rs/model", "ppo.reward_helpful": "rm-helpful/model",
+                                          "ppo.reward_safety": "rm-safety/model"}),
+    Step("gatt", "8. Ghost Attention: the system instruction kept in turn 1 only, the loss on the last turn only",
+         "sft", "quickstart-gatt", inputs={"model.init_from": "ppo/model"}),
+    Step("report_card", "9. report card: every stage's policy on the same held-out prompts"),
+]
 
 
 def _say(msg: str) -> None:
@@ -70,69 +114,90 @@ def stage_data(out: Path, tokenizer_path: Path) -> dict:
     return prepare_data(tokenizer_path, out, workers=2, progress=True)
 
 
-def quickstart(out: str | Path = "runs/quickstart", smoke: bool = False, overrides: list[str] | None = None) -> dict:
-    from camelid.train.pretrain import pretrain
+def stage_classes() -> dict:
+    from camelid.config import Config
+    from camelid.rlhf.ppo import PPO
+    from camelid.rlhf.rs import RS
+    from camelid.train.reward import RM
+    from camelid.train.sft import SFT
 
+    return {"pretrain": Config, "sft": SFT.config, "rm": RM.config, "rs": RS.config, "ppo": PPO.config}
+
+
+def route_overrides(overrides: list[str]) -> dict[str, list[str]]:
+    """`--set STEP.section.key=value` by step; a group name (rm) reaches each of its steps."""
+    names = {st.name for st in PIPELINE if st.stage} | {st.group for st in PIPELINE if st.group}
+    routed: dict[str, list[str]] = {}
+    for item in overrides:
+        head, _, rest = item.partition(".")
+        if head not in names or "=" not in rest:
+            raise ConfigError(f"--set {item}: name the stage first, as STAGE.section.key=value (stages: "
+                              f"{', '.join(sorted(names))}), e.g. --set pretrain.train.max_steps=50")
+        routed.setdefault(head, []).append(rest)
+    return routed
+
+
+def smoke_sets(step: Step, smoke: bool) -> list[str]:
+    return list(SMOKE.get(step.name) or SMOKE.get(step.group) or []) if smoke else []
+
+
+def user_sets(step: Step, routed: dict) -> list[str]:
+    return routed.get(step.group, []) + routed.get(step.name, [])
+
+
+def step_config(step: Step, out: Path, smoke: bool, routed: dict):
+    """A step's typed config: its class's defaults < its recipe < the smoke sizes < what the pipeline feeds it
+    (earlier outputs, fixed values) < the user's --set for it."""
+    cls = stage_classes()[step.stage]
+    cfg = load_config(step.recipe, smoke_sets(step, smoke), cls=cls)
+    cfg = replace_keys(cfg, {**{k: str(out / v) for k, v in step.inputs.items()}, **step.values})
+    cfg = from_dict(cls, apply_overrides({}, user_sets(step, routed)), prefix=f"{step.name}.", base=cfg)
+    validate(cfg)
+    return cfg
+
+
+def step_command(step: Step, out: Path, smoke: bool, routed: dict) -> str:
+    """The camelid command that does what this step does."""
+    q = lambda p: shlex.quote(str(p))  # noqa: E731
+    if step.name == "tokenizer":
+        vocab = SMOKE["vocab_size"] if smoke else VOCAB_SIZE
+        return (f"camelid tokenizer train --corpus embedded --vocab-size {vocab} --out {q(out / 'tokenizer')}"
+                + (" --max-lines 20000" if smoke else ""))
+    if step.name == "data":
+        return f"camelid data prepare --tokenizer {q(out / 'tokenizer' / 'tokenizer.model')} --out {q(out / 'data')}"
+    if not step.stage:
+        return f"camelid quickstart --out {q(out)}{' --smoke' if smoke else ''}   # every stage above is done: " \
+               f"only the report card is made"
+    sets = (smoke_sets(step, smoke) + [f"{k}={out / v}" for k, v in step.inputs.items()]
+            + [f"{k}={v}" for k, v in step.values.items()] + user_sets(step, routed))
+    resume = " --resume" if step.stage != "rs" else ""  # rs always continues after its finished iterations
+    return (f"camelid {step.stage} --config {step.recipe} --out {q(out / step.name)}{resume}"
+            + "".join(f" --set {q(x)}" for x in sets))
+
+
+def print_commands(out: Path, smoke: bool, overrides: list[str]) -> None:
+    routed = route_overrides(overrides)
+    print("# camelid quickstart as camelid commands (run them top to bottom; each continues where it stopped)")
+    for step in PIPELINE:
+        print(f"\n# {step.title}\n{step_command(step, out, smoke, routed)}")
+
+
+def quickstart(out: str | Path = "runs/quickstart", smoke: bool = False, overrides: list[str] | None = None) -> dict:
+    """Run PIPELINE into `out`, each step in its own folder; a finished step is skipped when run again."""
     out = Path(out)
+    routed = route_overrides(overrides or [])
     out.mkdir(parents=True, exist_ok=True)
     timings = StageTimes(out / "timings.json")
+    spent: dict[str, float] = {}
     report: dict = {"out": str(out), "smoke": smoke}
-
-    t = time.perf_counter()
-    vocab = SMOKE["vocab_size"] if smoke else VOCAB_SIZE
-    _say(f"1. tokenizer: SentencePiece BPE, {vocab:,} pieces, digits split, byte fallback")
-    tok = stage_tokenizer(out / "tokenizer", vocab, max_lines=20_000 if smoke else None)
-    sample = "In the beginning God created the heaven and the earth, in 4004 BC."
-    print(f"{tok.model_path}: {sample!r} -> {len(tok.encode(sample))} tokens")
-    timings["tokenizer"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    _say("2. data: tokenize the embedded corpus into shards (a miniature of LLaMA-1's mixture)")
-    manifest = stage_data(out / "data", Path(tok.model_path))
-    for name, src in manifest["sources"].items():
-        print(f"  {name:<20} {src['tokens']:>10,} tokens  weight {src['weight']:.2f}")
-    timings["data"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    _say("3. pre-training: a small LLaMA from scratch (AdamW 0.9/0.95, cosine to 10%, clip 1.0)")
-    cfg = load_config(resolve_config_path("quickstart"),
-                      [f"data.dir={out / 'data'}", f"data.tokenizer={tok.model_path}"]
-                      + (SMOKE["pretrain"] if smoke else []) + list(overrides or []))
-    summary = pretrain(cfg, out / "pretrain", resume=True)
-    from camelid.plot import plot_runs
-    from camelid.train.metrics import read_metrics
-
-    val = [r for r in read_metrics(out / "pretrain") if r.get("split") == "val"]
-    plot = plot_runs([out / "pretrain"], out / "pretrain" / "loss.png", title="quickstart pre-training")
-    timings["pretrain"] = time.perf_counter() - t
-    report["pretrain"] = {
-        "params": summary["n_params"], "tokens": summary["tokens"],
-        "val_ppl_before": val[0]["ppl"] if val else None, "val_ppl_after": val[-1]["ppl"] if val else None,
-        "plot": str(plot), "model": str(out / "pretrain" / "model"),
-    }
-    print(f"validation perplexity: {report['pretrain']['val_ppl_before']:.1f} before training -> "
-          f"{report['pretrain']['val_ppl_after']:.1f} after {summary['tokens']:,} tokens; loss plot: {plot}")
-    report["pretrain"]["sample"] = _sample(out / "pretrain" / "model", "And God said")
-
-    later_stages = [
-        ("sft", "4. supervised fine-tuning (Llama-2 SFT): chat format, loss on answers only, packed rows; "
-                "held-out proving-ground accuracy before and after", stage_sft),
-        ("rm", "5. reward models (Llama-2 §3.2.2): helpfulness and safety, ranking loss with a rating margin",
-         stage_reward_models),
-        ("rs", "6. rejection sampling: best of K by the combined reward, pooled over iterations, fine-tuned", stage_rs),
-        ("ppo", "7. PPO: combined reward, whitened, minus beta * KL to the SFT model; clipped surrogate", stage_ppo),
-        ("gatt", "8. Ghost Attention: the system instruction kept in turn 1 only, the loss on the last turn only",
-         stage_gatt),
-        ("report_card", "9. report card: every stage's policy on the same held-out prompts",
-         lambda out, smoke: stage_report_card(out, smoke, timings)),
-    ]
-    for name, title, run_stage in later_stages:
+    for step in PIPELINE:
+        _say(step.title)
         t = time.perf_counter()
-        _say(title)
-        report[name] = run_stage(out, smoke)
-        timings[name] = time.perf_counter() - t
-
-    report["seconds"] = timings
+        report[step.name] = run_step(step, out, smoke, routed, timings)
+        key = step.group or step.name  # the report card times both reward models as one stage
+        spent[key] = spent.get(key, 0.0) + time.perf_counter() - t
+        timings[key] = spent[key]
+    report["seconds"] = dict(timings)
     report["total_seconds"] = sum(timings.values())
     (out / "quickstart.json").write_text(json.dumps(report, indent=2) + "\n")
     _say(f"done in {report['total_seconds']:.0f}s: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
@@ -141,39 +206,51 @@ def quickstart(out: str | Path = "runs/quickstart", smoke: bool = False, overrid
     return report
 
 
-def _finished(run: Path, result: str, marker: str = "model/config.json") -> dict | None:
-    """A stage's saved result when an earlier quickstart completed it (so a rerun picks up where it stopped)."""
-    if (run / result).exists() and (run / marker).exists():
-        print(f"{run}: complete; skipped")
-        return json.loads((run / result).read_text())
-    return None
+def run_step(step: Step, out: Path, smoke: bool, routed: dict, timings: dict) -> dict:
+    if step.name == "tokenizer":
+        vocab = SMOKE["vocab_size"] if smoke else VOCAB_SIZE
+        tok = stage_tokenizer(out / "tokenizer", vocab, max_lines=20_000 if smoke else None)
+        sample = "In the beginning God created the heaven and the earth, in 4004 BC."
+        print(f"{tok.model_path}: {vocab:,} pieces; {sample!r} -> {len(tok.encode(sample))} tokens")
+        return {"path": str(tok.model_path), "vocab_size": vocab}
+    if step.name == "data":
+        manifest = stage_data(out / "data", out / "tokenizer" / "tokenizer.model")
+        for name, src in manifest["sources"].items():
+            print(f"  {name:<20} {src['tokens']:>10,} tokens  weight {src['weight']:.2f}")
+        return {"sources": {k: v["tokens"] for k, v in manifest["sources"].items()}}
+    if step.name == "report_card":
+        return stage_report_card(out, smoke, timings)
+    cfg = step_config(step, out, smoke, routed)
+    return REPORTS[step.stage](step, cfg, out / step.name)
 
 
-def stage_sft(out: Path, smoke: bool) -> dict:
-    """Fine-tune the pre-trained model on the proving ground; evaluate base and SFT on held-out questions."""
-    from camelid.checkpoint import load_model
-    from camelid.fsutil import atomic_write_json
-    from camelid.tasks import evaluate
+def pretrain_step(step: Step, cfg, run: Path) -> dict:
+    from camelid.plot import plot_runs
+    from camelid.train.metrics import read_metrics
+    from camelid.train.pretrain import pretrain
+
+    summary = pretrain(cfg, run, resume=True)
+    val = [r for r in read_metrics(run) if r.get("split") == "val"]
+    plot = plot_runs([run], run / "loss.png", title="quickstart pre-training")
+    result = {"params": summary["n_params"], "tokens": summary["tokens"],
+              "val_ppl_before": val[0]["ppl"] if val else None, "val_ppl_after": val[-1]["ppl"] if val else None,
+              "plot": str(plot), "model": str(run / "model")}
+    print(f"validation perplexity: {result['val_ppl_before']:.1f} before training -> "
+          f"{result['val_ppl_after']:.1f} after {summary['tokens']:,} tokens; loss plot: {plot}")
+    result["sample"] = _sample(run / "model", "And God said")
+    return result
+
+
+def sft_step(step: Step, cfg, run: Path) -> dict:
+    """SFT (and GAtt, the same stage on other data); the first SFT also scores its base model."""
     from camelid.tasks.eval import compare_table
-    from camelid.tokenizer import Tokenizer
-    from camelid.train.sft import load_sft_config, sft
+    from camelid.train.sft import SFT
+    from camelid.train.stage import run_stage
 
-    run = out / "sft"
-    base_dir = out / "pretrain" / "model"
-    cfg = load_sft_config("quickstart-sft", [f"model.init_from={base_dir}"] + (SMOKE["sft"] if smoke else []))
-    s = cfg.sft
-    run.mkdir(parents=True, exist_ok=True)
-    base_file = run / "eval_base.json"
-    if base_file.exists():
-        base = json.loads(base_file.read_text())
-    else:
-        model = load_model(base_dir)
-        base = evaluate(model, Tokenizer(model.tokenizer_path), split="test", n=s.eval_n, seed=0,
-                        gatt_dialogs=s.eval_gatt, gatt_turns=s.gatt_turns)
-        atomic_write_json(base_file, base)
-    summary = _finished(run, "summary.json", "eval.json")
-    if summary is None:
-        summary = sft(cfg, run, resume=True)
+    summary = run_stage(SFT, cfg, run, resume=True)
+    if step.name != "sft":
+        return {"steps": summary["steps"], "seconds": summary["seconds"], "eval": summary.get("eval")}
+    base = base_eval(cfg, run)
     tuned = json.loads((run / "eval.json").read_text())
     print("held-out proving ground (accuracy; greedy answers):")
     print(compare_table({"base": base, "sft": tuned}))
@@ -182,6 +259,51 @@ def stage_sft(out: Path, smoke: bool) -> dict:
             "accuracy_sft": tuned["accuracy"], "tasks_base": base["tasks"], "tasks_sft": tuned["tasks"],
             "refusal_rate_sft": tuned["refusal_rate"], "gatt_adherence_sft": tuned["gatt_adherence"],
             "model": str(run / "model")}
+
+
+def base_eval(cfg, run: Path) -> dict:
+    """The starting model on the held-out proving ground, as SFT's own evaluation measures it (kept in a file)."""
+    from camelid.checkpoint import load_model
+    from camelid.fsutil import atomic_write_json
+    from camelid.tasks import evaluate
+    from camelid.tokenizer import Tokenizer
+
+    path = run / "eval_base.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    s = cfg.sft
+    model = load_model(cfg.model.init_from)
+    base = evaluate(model, Tokenizer(model.tokenizer_path), split="test", n=s.eval_n, seed=0,
+                    gatt_dialogs=s.eval_gatt, gatt_turns=s.gatt_turns)
+    atomic_write_json(path, base)
+    return base
+
+
+def rm_step(step: Step, cfg, run: Path) -> dict:
+    from camelid.train.reward import RM, format_table
+    from camelid.train.stage import run_stage
+
+    report = run_stage(RM, cfg, run, resume=True)
+    print(format_table(report["accuracy"], f"{cfg.rm.kind} reward model, held-out accuracy (%) by rating:"))
+    return {"accuracy": report["accuracy"], "calibration": report.get("calibration"),
+            "train_pairs": report["train_pairs"], "val_pairs": report.get("val_pairs")}
+
+
+def policy_step(step: Step, cfg, run: Path) -> dict:
+    from camelid.rlhf.ppo import PPO
+    from camelid.rlhf.rs import RS
+    from camelid.train.stage import run_stage
+
+    return run_stage({"rs": RS, "ppo": PPO}[step.stage], cfg, run, resume=True)
+
+
+REPORTS = {"pretrain": pretrain_step, "sft": sft_step, "rm": rm_step, "rs": policy_step, "ppo": policy_step}
+
+
+def _models(out: Path) -> dict[str, Path]:
+    """Every model the pipeline makes, by the report card's names."""
+    return {"base": out / "pretrain" / "model", **{st.name: out / st.name / "model" for st in PIPELINE
+                                                    if st.stage and st.name != "pretrain"}}
 
 
 class StageTimes(dict):
@@ -198,64 +320,6 @@ class StageTimes(dict):
         super().__setitem__(stage, value)
         self.saved[stage] = value
         self.path.write_text(json.dumps(self.saved, indent=2) + "\n")
-
-
-def _models(out: Path) -> dict[str, Path]:
-    return {"base": out / "pretrain" / "model", "sft": out / "sft" / "model", "rm-helpful": out / "rm-helpful" / "model",
-            "rm-safety": out / "rm-safety" / "model", "rs": out / "rs" / "model", "ppo": out / "ppo" / "model",
-            "gatt": out / "gatt" / "model"}
-
-
-def stage_reward_models(out: Path, smoke: bool) -> dict:
-    """Both reward models from the SFT model; the base model's answers join the candidates (often unsafe)."""
-    from camelid.train.reward import format_table, load_rm_config, train_reward_model
-
-    m = _models(out)
-    result = {}
-    for kind in ("helpful", "safety"):
-        run = out / f"rm-{kind}"
-        report = _finished(run, "rm_report.json")
-        if report is None:
-            cfg = load_rm_config("quickstart-rm", [f"model.init_from={m['sft']}", f"rm.kind={kind}",
-                                                   f"rm.base_model={m['base']}"] + (SMOKE["rm"] if smoke else []))
-            report = train_reward_model(cfg, run, resume=True)
-        print(format_table(report["accuracy"], f"{kind} reward model, held-out accuracy (%) by rating:"))
-        result[kind] = {"accuracy": report["accuracy"], "calibration": report.get("calibration"),
-                        "train_pairs": report["train_pairs"], "val_pairs": report.get("val_pairs")}
-    return result
-
-
-def stage_rs(out: Path, smoke: bool) -> dict:
-    from camelid.rlhf.rs import load_rs_config, rejection_sampling
-
-    m, run = _models(out), out / "rs"
-    if (done := _finished(run, "summary.json")) is not None:
-        return done
-    cfg = load_rs_config("quickstart-rs", [f"model.init_from={m['sft']}", f"rs.reward_helpful={m['rm-helpful']}",
-                                           f"rs.reward_safety={m['rm-safety']}"] + (SMOKE["rs"] if smoke else []))
-    return rejection_sampling(cfg, run)
-
-
-def stage_ppo(out: Path, smoke: bool) -> dict:
-    from camelid.rlhf.ppo import load_ppo_config, ppo
-
-    m, run = _models(out), out / "ppo"
-    if (done := _finished(run, "summary.json")) is not None:
-        return done
-    cfg = load_ppo_config("quickstart-ppo", [f"model.init_from={m['rs']}", f"ppo.reward_helpful={m['rm-helpful']}",
-                                             f"ppo.reward_safety={m['rm-safety']}"] + (SMOKE["ppo"] if smoke else []))
-    return ppo(cfg, run, resume=True)
-
-
-def stage_gatt(out: Path, smoke: bool) -> dict:
-    from camelid.train.sft import load_sft_config, sft
-
-    m, run = _models(out), out / "gatt"
-    summary = _finished(run, "summary.json", "eval.json")
-    if summary is None:
-        cfg = load_sft_config("quickstart-gatt", [f"model.init_from={m['ppo']}"] + (SMOKE["gatt"] if smoke else []))
-        summary = sft(cfg, run, resume=True)
-    return {"steps": summary["steps"], "seconds": summary["seconds"], "eval": summary.get("eval")}
 
 
 def stage_report_card(out: Path, smoke: bool, timings: dict) -> dict:
@@ -319,10 +383,16 @@ def add_arguments(p) -> None:
                      "stopped.")
     p.add_argument("--out", default="runs/quickstart", help="output directory")
     p.add_argument("--smoke", action="store_true", help="every stage at toy size (well under 90 seconds)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a pre-training setting, e.g. --set train.max_steps=50")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                   help="override a stage's setting, e.g. --set pretrain.train.max_steps=50, --set "
+                        "sft.train.lr=1e-3, --set rm.rm.margin=large (both reward models), --set ppo.ppo.beta=0.1")
+    p.add_argument("--print-commands", action="store_true",
+                   help="print the camelid commands that do what the quickstart does, and exit")
 
 
 def run(args) -> int:
+    if args.print_commands:
+        print_commands(Path(args.out), args.smoke, args.overrides)
+        return 0
     quickstart(args.out, smoke=args.smoke, overrides=args.overrides)
     return 0

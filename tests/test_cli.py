@@ -39,7 +39,7 @@ def test_shipped_recipes_are_package_data_found_from_any_folder(tmp_path, monkey
     assert CONFIG_DIR.parent == Path(camelid.__file__).parent
     monkeypatch.chdir(tmp_path)
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
-    assert {"quickstart", "llama2-7b", "sft", "rm", "rs", "ppo"} <= set(names)
+    assert {"quickstart", "llama2-7b", "quickstart-sft", "quickstart-rm", "quickstart-rs", "quickstart-ppo"} <= set(names)
     for name in names:
         assert resolve_config_path(name) == (CONFIG_DIR / f"{name}.toml").resolve()
     # a recipe that inherits another shipped one loads from here too
