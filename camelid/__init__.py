@@ -5,6 +5,8 @@ The names below load on first use, so `import camelid` (and `camelid --help`) do
 
 __version__ = "0.1.0"
 
+from camelid.lazy import lazy_exports  # noqa: E402
+
 # public name -> the module that defines it
 _EXPORTS = {
     "ModelArgs": "camelid.model",
@@ -17,17 +19,4 @@ _EXPORTS = {
 }
 
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'camelid' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

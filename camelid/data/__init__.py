@@ -10,7 +10,7 @@ Names are imported lazily, so worker processes and `camelid --help` do not pay f
 
 from __future__ import annotations
 
-import importlib
+from camelid.lazy import lazy_exports
 
 _LAZY = {
     "prepare_data": "camelid.data.prepare",
@@ -28,7 +28,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'camelid.data' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

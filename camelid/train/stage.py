@@ -110,7 +110,7 @@ def run_stage(stage: Stage, cfg, run_dir: str | Path, resume: bool = False, quie
     key = settings_key(cfg)  # before the body derives anything into cfg
     if resume and (done := completed(run_dir, cfg, stage.result)) is not None:
         if not quiet:
-            print(f"{stage.name}: {run_dir} is complete; skipped (delete {run_dir / stage.result} to run it again)")
+            print(f"{stage.name}: {run_dir} is complete; skipped (delete {run_dir / 'complete.key'} to run it again)")
         return done
     prepare_run_dir(run_dir, resume)
     if hasattr(cfg, "model") and not cfg.model.init_from and stage.needs:
