@@ -404,8 +404,8 @@ def ppo(cfg: PPOConfig, run_dir: str | Path, resume: bool = False, scorer=None) 
 
 def add_arguments(p) -> None:
     p.description = ("PPO with the combined helpfulness/safety reward and a per-token KL penalty to the starting "
-                     "policy (Llama-2 §3.2.3). Defaults: camelid/configs/ppo.toml (batch 512, minibatch 64, clip 0.2, "
-                     "constant LR 1e-6, beta 0.01 up to 13B).")
+                     "policy (Llama-2 §3.2.3). Defaults (PPOConfig): batch 512, minibatch 64, clip 0.2, "
+                     "constant LR 1e-6, beta 0.01 up to 13B.")
     add_policy_arguments(p, "ppo", policy_help="the starting policy (SFT or rejection-sampling checkpoint)")
     p.add_argument("--resume", action="store_true")
 

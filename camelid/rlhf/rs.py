@@ -214,7 +214,7 @@ def rejection_sampling(cfg: RSConfig, run_dir: str | Path, scorer=None) -> dict:
 def add_arguments(p) -> None:
     p.description = ("Rejection-sampling fine-tuning (Llama-2 §3.2.3): K samples per prompt from the newest policy, "
                      "scored by the combined reward; the best of each prompt, pooled over iterations, fine-tunes "
-                     "the policy with the SFT objective. Defaults: camelid/configs/rs.toml.")
+                     "the policy with the SFT objective. Defaults: Llama-2's (RSConfig).")
     add_policy_arguments(p, "rs", policy_help="the starting policy (an SFT checkpoint)")
     p.add_argument("-k", type=int, default=None, help="samples per prompt")
 

@@ -5,7 +5,7 @@
 * The model: the SFT checkpoint with its next-token head replaced by a scalar head (RewardModel).
 * The loss: -log sigmoid(r_chosen - r_rejected - m(rating)), summed over pairs and divided by the pairs
   of the whole global batch; margins from Llama-2 Table 27 (`--margin`).
-* Defaults (camelid/configs/rm.toml): one epoch, peak LR 1e-5 with cosine to 10%, warmup 3% of the steps (at
+* Defaults (RMConfig below): one epoch, peak LR 1e-5 with cosine to 10%, warmup 3% of the steps (at
   least 5), 512 pairs per batch through accumulation.
 * Data: JSONL pairs (camelid.data.preferences) or `proving-ground`: pairs of answers sampled from the
   SFT model (and the base model, with --base) rated by the proving ground's judges.

@@ -10,7 +10,7 @@
   tokens of the whole global batch; dialogs packed into rows of the model's context, each attending
   only to itself (sft.cross_attention = true lets them see each other).
 * Defaults are Llama-2's: cosine from 2e-5, weight decay 0.1, 64 sequences per batch, 2 epochs,
-  sequence length = the model's context (camelid/configs/sft.toml). The quickstart departs from them and
+  sequence length = the model's context (SFTConfig below). The quickstart departs from them and
   says why (camelid/configs/quickstart-sft.toml).
 
 The run directory gets config.toml, metrics.jsonl (train rows and held-out answer loss), checkpoints/
