@@ -10,19 +10,18 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from camelid.checkpoint import load_model, save_state_dict
-from camelid.config import (Config, ConfigError, accumulation_steps, load_config, model_args_from,
-                            resolve_config_path)
-from camelid.fsutil import atomic_write_json, atomic_write_text
+from camelid.checkpoint import load_model
+from camelid.config import Config, ConfigError, accumulation_steps, model_args_from
 from camelid.model import Transformer
-from camelid.parallel.distributed import full_state_dict
-from camelid.train.loop import DistInfo, Trainer, resolve_device
+from camelid.train.loop import DistInfo, Trainer
 from camelid.train.objectives import LanguageModeling
-from camelid.train.stage import prepare_run_dir
+from camelid.train.stage import RunContext, Stage, flag_overrides, run_stage, stage_config
 
 
 META_INIT_BYTES = 8 * 2**30  # fp32 weights above this are never materialised whole on one rank
@@ -99,28 +98,20 @@ def total_steps(cfg: Config) -> int:
     raise ConfigError("train.max_steps / train.max_tokens: set one of them (e.g. --max-steps 100)")
 
 
-def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False, dist_info: DistInfo | None = None,
-             parallelize=None) -> dict:
-    """Run (or resume) pre-training; return the summary written to RUN_DIR/summary.json.
-
-    `parallelize(model) -> (model, DistInfo)` is how distributed runs wrap the model (camelid.parallel).
-    """
+def pretrain_body(cfg: Config, ctx: RunContext, parallelize=None) -> dict:
     from camelid.data import MixtureSampler, read_manifest
     from camelid.parallel import apply_ac, apply_compile
 
-    run_dir = Path(run_dir)
-    prepare_run_dir(run_dir, resume)
     if not cfg.data.dir:
         raise ConfigError("data.dir: no prepared data; run `camelid data prepare --tokenizer TOK --out DIR` and "
                           "pass --set data.dir=DIR (or run `camelid quickstart`, which does it all)")
     manifest = read_manifest(cfg.data.dir)
     tok_path = tokenizer_path(cfg, manifest)
     vocab = manifest["tokenizer"]["vocab_size"]
-    device = resolve_device(cfg.train.device)
-    t = cfg.train
+    device, t = ctx.device, cfg.train
     sampler = MixtureSampler(cfg.data.dir, cfg.data.seq_len, seed=cfg.data.seed, weights=cfg.data.weights or None)
 
-    dist_info = dist_info or DistInfo.current()
+    dist_info = ctx.dist
     # A model too big for one device is built on the meta device and materialised shard by shard.
     on_meta = parallelize is not None and not cfg.model.init_from and \
         model_args_from(cfg.model, vocab_size=vocab).num_params() * 4 > META_INIT_BYTES
@@ -131,6 +122,7 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False, dist_info: 
                           f"{args.max_seq_len})")
     if parallelize is not None:
         model, dist_info = parallelize(model)
+        ctx.dist = dist_info
         if on_meta:
             model.to_empty(device=device)
             model.init_weights()
@@ -140,20 +132,16 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False, dist_info: 
             apply_compile(model)
     accum = accumulation_steps(t.batch_tokens, t.micro_batch, cfg.data.seq_len, dist_info.dp_world)
     steps = total_steps(cfg)
-    if dist_info.rank == 0:
-        atomic_write_text(run_dir / "config.toml", cfg.to_toml())
     # vocabulary-sharded logits (loss parallel) are DTensors, which the compiled loss does not take
     objective = LanguageModeling(compile_loss=t.compile and not dist_info.loss_parallel)
-    trainer = Trainer(model=model, objective=objective, data=WindowData(sampler), cfg=cfg, run_dir=run_dir,
+    trainer = Trainer(model=model, objective=objective, data=WindowData(sampler), cfg=cfg, run_dir=ctx.run_dir,
                       total_steps=steps, seq_len=cfg.data.seq_len, accum=accum, dist_info=dist_info,
                       evaluate=lm_evaluator(sampler, t.micro_batch, cfg.log.val_batches), stage="pretrain",
                       model_args=args, extra_state={"model_args": args.to_dict(), "tokenizer": str(tok_path)})
-    resumed = trainer.resume() if resume else False
-    if dist_info.rank == 0:
-        n = args.num_params()
-        print(f"pretrain: {n / 1e6:.2f}M parameters, {steps} steps of {t.batch_tokens:,} tokens "
-              f"({t.micro_batch} x {cfg.data.seq_len} x {accum} accumulation x {dist_info.dp_world} ranks), "
-              f"{t.dtype} on {device}" + (f"; resumed at step {trainer.step}" if resumed else ""))
+    resumed = trainer.resume() if ctx.resume else False
+    ctx.say(f"pretrain: {args.num_params() / 1e6:.2f}M parameters, {steps} steps of {t.batch_tokens:,} tokens "
+            f"({t.micro_batch} x {cfg.data.seq_len} x {accum} accumulation x {dist_info.dp_world} ranks), "
+            f"{t.dtype} on {device}" + (f"; resumed at step {trainer.step}" if resumed else ""))
     start = time.perf_counter()
     rows = trainer.fit()
     seconds = time.perf_counter() - start
@@ -166,11 +154,19 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False, dist_info: 
         "epochs": sampler.epochs(trainer.step * trainer.samples_per_step),
         "model_args": args.to_dict(),
     }
-    weights = full_state_dict(model)  # every rank takes part in gathering the shards
-    if dist_info.rank == 0:
-        save_state_dict(weights, args, run_dir / "model", tokenizer_path=tok_path)
-        atomic_write_json(run_dir / "summary.json", summary)
-    return summary
+    return ctx.finish(model, tok_path, summary)
+
+
+PRETRAIN = Stage("pretrain", Config, pretrain_body, needs="", recipe="quickstart")
+
+
+def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False, dist_info: DistInfo | None = None,
+             parallelize=None) -> dict:
+    """Run (or resume) pre-training; return the summary written to RUN_DIR/summary.json.
+
+    `parallelize(model) -> (model, DistInfo)` is how distributed runs wrap the model (camelid.parallel)."""
+    stage = replace(PRETRAIN, body=partial(pretrain_body, parallelize=parallelize)) if parallelize else PRETRAIN
+    return run_stage(stage, cfg, run_dir, resume=resume, dist_info=dist_info)
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
@@ -190,20 +186,9 @@ def add_arguments(p) -> None:
 
 
 def config_from_args(args) -> Config:
-    overrides = list(args.overrides)
-    if args.max_steps is not None:
-        overrides.append(f"train.max_steps={args.max_steps}")
-    if args.ckpt_every is not None:
-        overrides.append(f"checkpoint.every={args.ckpt_every}")
-    if getattr(args, "profile", False):
-        overrides.append("log.profile_steps=3")
-    path = args.config
-    saved = Path(args.out) / "config.toml"
-    if path is None and args.resume and saved.exists():
-        path = saved  # resuming: the run's own resolved config, plus any --set
-    elif path is None:
-        path = "quickstart"
-    return load_config(resolve_config_path(path), overrides)
+    flags = {"train.max_steps": args.max_steps, "checkpoint.every": args.ckpt_every,
+             "log.profile_steps": 3 if getattr(args, "profile", False) else None}
+    return stage_config(PRETRAIN, args.config, flag_overrides(flags) + list(args.overrides), args.out, args.resume)
 
 
 def run(args) -> int:

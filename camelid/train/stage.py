@@ -39,6 +39,7 @@ class Stage:
     body: Callable  # body(cfg, ctx) -> summary dict
     result: str = "summary.json"  # written last; marks the run complete
     needs: str = "which model to start from? pass --model CKPT"  # what to say when model.init_from is empty
+    recipe: str = ""  # the shipped recipe a command starts from when given no --config (else the defaults)
 
 
 @dataclass
@@ -74,11 +75,20 @@ class RunContext:
         return model, Tokenizer(model.tokenizer_path)
 
     def finish(self, model, tokenizer_path, result: dict, name: str = "summary.json") -> dict:
-        """The end of every stage: rank 0 saves the final weights with the tokenizer, then the result file."""
-        if self.is_main:
-            from camelid.checkpoint import save_model
+        """The end of every stage: the final weights (gathered from every rank's shards when distributed) with
+        the tokenizer into model/, then the result file; rank 0 writes."""
+        from camelid.checkpoint import save_model, save_state_dict
 
+        if torch.distributed.is_initialized():
+            from camelid.parallel.distributed import full_state_dict
+
+            weights = full_state_dict(model)  # a collective: every rank takes part
+            if self.is_main:
+                info = {"kind": getattr(model, "kind", "lm"), "calibration": getattr(model, "calibration", None)}
+                save_state_dict(weights, model.args, self.run_dir / "model", tokenizer_path=tokenizer_path, info=info)
+        elif self.is_main:
             save_model(model, self.run_dir / "model", tokenizer_path=tokenizer_path)
+        if self.is_main:
             atomic_write_json(self.run_dir / name, result)
         return result
 
@@ -137,4 +147,4 @@ def stage_config(stage: Stage, recipe: str | Path | None, overrides: list[str], 
     saved = Path(out) / "config.toml"
     if recipe is None and resume and saved.exists():
         recipe = saved
-    return load_config(recipe, overrides, cls=stage.config)
+    return load_config(recipe or stage.recipe or None, overrides, cls=stage.config)
