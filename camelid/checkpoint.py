@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from camelid.dtypes import DTYPES
 from camelid.errors import CamelidError
 from camelid.fsutil import atomic_dir
 from camelid.model import ModelArgs, Transformer
@@ -562,10 +563,6 @@ def convert(src, dst, to: str, dtype: torch.dtype | None = None, shards: int = 1
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
-
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
-
 
 def add_arguments(p) -> None:
     p.description = ("Convert a checkpoint directory between camelid, Hugging Face and Meta formats. "

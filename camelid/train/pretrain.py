@@ -20,9 +20,10 @@ from camelid.config import (Config, ConfigError, accumulation_steps, load_config
 from camelid.errors import CamelidError
 from camelid.fsutil import atomic_write_json, atomic_write_text
 from camelid.model import Transformer
+from camelid.parallel.dist_info import DistInfo
 from camelid.parallel.distributed import full_state_dict
 from camelid.train import checkpointing as ckpt
-from camelid.train.loop import DistInfo, Trainer, resolve_device
+from camelid.train.loop import Trainer, resolve_device
 from camelid.train.objectives import LanguageModeling
 
 

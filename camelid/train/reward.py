@@ -32,8 +32,9 @@ from camelid.data.preferences import PreferencePair, load_pairs, pairs_hash, pro
 from camelid.data.padding import pad_right
 from camelid.errors import CamelidError
 from camelid.fsutil import atomic_write_json, atomic_write_text
+from camelid.parallel.dist_info import DistInfo
 from camelid.reward_model import MARGINS, RATINGS, RewardModel, ranking_loss
-from camelid.train.loop import DistInfo, Trainer, resolve_device
+from camelid.train.loop import Trainer, resolve_device
 
 PROVING_GROUND = "proving-ground"
 

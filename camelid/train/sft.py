@@ -32,7 +32,8 @@ import torch
 from camelid.config import ConfigError, StageConfig, load_config, resolve_config_path
 from camelid.errors import CamelidError
 from camelid.fsutil import atomic_write_json, atomic_write_text
-from camelid.train.loop import DistInfo, Trainer, resolve_device
+from camelid.parallel.dist_info import DistInfo
+from camelid.train.loop import Trainer, resolve_device
 from camelid.train.objectives import LanguageModeling
 
 PROVING_GROUND = "proving-ground"
