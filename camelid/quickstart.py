@@ -96,7 +96,7 @@ def quickstart(out: str | Path = "runs/quickstart", smoke: bool = False, overrid
                       + (SMOKE["pretrain"] if smoke else []) + list(overrides or []))
     summary = pretrain(cfg, out / "pretrain", resume=True)
     from camelid.plot import plot_runs
-    from camelid.train.metrics import read_metrics
+    from camelid.runlog import read_metrics
 
     val = [r for r in read_metrics(out / "pretrain") if r.get("split") == "val"]
     plot = plot_runs([out / "pretrain"], out / "pretrain" / "loss.png", title="quickstart pre-training")
