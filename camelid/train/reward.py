@@ -27,14 +27,14 @@ from pathlib import Path
 import torch
 
 from camelid.config import ConfigError, StageConfig, load_config, resolve_config_path
-from camelid.data.preferences import PreferencePair, load_pairs, pairs_hash, proving_ground_pairs, rating_counts, \
-    save_pairs
+from camelid.data.preferences import PreferencePair, load_pairs, pairs_hash, rating_counts, save_pairs
 from camelid.data.padding import pad_right
 from camelid.errors import CamelidError
 from camelid.fsutil import atomic_write_json, atomic_write_text
 from camelid.parallel.dist_info import DistInfo
 from camelid.reward_model import MARGINS, RATINGS, RewardModel, ranking_loss
 from camelid.train.loop import Trainer, resolve_device
+from camelid.train.rm_pairs import proving_ground_pairs
 
 PROVING_GROUND = "proving-ground"
 
