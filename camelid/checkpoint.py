@@ -25,6 +25,7 @@ from camelid.dtypes import DTYPES
 from camelid.errors import CamelidError
 from camelid.fsutil import atomic_dir
 from camelid.model import ModelArgs, Transformer
+from camelid.reward_model import RewardModel
 
 
 class CheckpointError(CamelidError, ValueError):
@@ -457,7 +458,6 @@ def _save_meta(sd, args: ModelArgs, out: Path, shards: int) -> None:
 
 def model_class(kind: str):
     if kind == "reward":
-        from camelid.reward_model import RewardModel
         return RewardModel
     return Transformer
 

@@ -9,6 +9,9 @@ top-level module or package forces a decision about where it belongs.
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -200,6 +203,17 @@ def test_no_import_cycle_between_modules():
 
     problems = cycles(modules, edges, module_unit)
     assert not problems, "\n".join(problems)
+
+
+def test_figures_and_scaling_load_without_torch():
+    """plot is a leaf and scaling is maths: neither pulls torch in through the training code."""
+    light = ["camelid.plot", "camelid.runlog", "camelid.scaling.cli", "camelid.scaling.sweep",
+             "camelid.scaling.plan_cli", "camelid.scaling.planner", "camelid.tasks.eval"]
+    code = f"import sys\nfor m in {light!r}: __import__(m)\nprint(sorted(m for m in ('torch', 'camelid.train') if m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout
 
 
 def test_the_graph_reader_sees_function_local_and_relative_imports(tmp_path):

@@ -32,6 +32,7 @@ from camelid.data.padding import pad_right
 from camelid.errors import CamelidError
 from camelid.fsutil import atomic_write_json, atomic_write_text
 from camelid.parallel.dist_info import DistInfo
+from camelid.plot import save_figure
 from camelid.reward_model import MARGINS, RATINGS, RewardModel, ranking_loss
 from camelid.train.loop import Trainer, resolve_device
 from camelid.train.rm_pairs import proving_ground_pairs
@@ -225,7 +226,6 @@ def plot_scores(chosen: torch.Tensor, rejected: torch.Tensor, out: Path, title: 
     ax.set_ylabel("responses")
     ax.set_title(title)
     ax.legend()
-    from camelid.plot import save_figure
     return save_figure(fig, out)
 
 
