@@ -110,6 +110,9 @@ class StageConfig:
     def to_toml(self) -> str:
         return to_toml(self.to_dict())
 
+    def check(self) -> None:
+        """A stage's own consistency checks (raise ConfigError naming the key); run after every build."""
+
 
 @dataclass
 class Config(StageConfig):
@@ -136,10 +139,14 @@ def _check_type(key: str, value, tp):
     return value
 
 
-def from_dict(cls, d: dict, prefix: str = ""):
-    """Build dataclass `cls` from nested dicts, refusing unknown keys and wrong types by full key name."""
+def from_dict(cls, d: dict, prefix: str = "", base=None):
+    """Build dataclass `cls` from nested dicts, refusing unknown keys and wrong types by full key name.
+
+    Keys not in `d` keep their values in `base` (default: `cls()`), so a stage's own defaults (a field's
+    default_factory, e.g. SFT's learning rate in its `train` section) survive a recipe that sets other keys."""
     if not isinstance(d, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a table, got {d!r}")
+    base = cls() if base is None else base
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -151,10 +158,10 @@ def from_dict(cls, d: dict, prefix: str = ""):
             raise ConfigError(f"{full}: unknown key{hint}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = from_dict(tp, value, full + ".")
+            kwargs[key] = from_dict(tp, value, full + ".", base=getattr(base, key))
         else:
             kwargs[key] = _check_type(full, value, tp)
-    return cls(**kwargs)
+    return dataclasses.replace(base, **kwargs)
 
 
 def _parse_value(text: str):
@@ -197,12 +204,9 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls=Config,
-                defaults: dict | None = None):
-    """defaults (a stage's own) < the TOML file < --set overrides. A file may `inherit = "other.toml"`."""
-    d = dict(defaults or {})
-    if path:
-        d = _deep_merge(d, _load_with_inherit(Path(path)))
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls=Config):
+    """cls's own defaults < the TOML file < --set overrides. A file may `inherit = "other.toml"`."""
+    d = _load_with_inherit(resolve_config_path(path)) if path else {}
     d = apply_overrides(d, overrides or [])
     cfg = from_dict(cls, d)
     validate(cfg)
@@ -261,6 +265,8 @@ def validate(cfg) -> None:
         for k, w in data.weights.items():
             if not isinstance(w, (int, float)) or w < 0:
                 raise ConfigError(f"data.weights.{k}: must be a non-negative number, got {w!r}")
+    if isinstance(cfg, StageConfig):
+        cfg.check()
 
 
 def accumulation_steps(batch_tokens: int, micro_batch: int, seq_len: int, world: int = 1) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import time
 from pathlib import Path
 
@@ -56,8 +57,11 @@ def stage_tokenizer(out: Path, vocab_size: int, max_lines: int | None):
     if path.exists():
         return Tokenizer(path)
     docs = itertools.chain.from_iterable(iter_embedded(s.corpus) for s in embedded_mixture().sources if s.weight > 0)
-    extra = {"input_sentence_size": max_lines, "shuffle_input_sentence": True} if max_lines else {}
-    return Tokenizer.train(docs, out, vocab_size=vocab_size, **extra)
+    if max_lines:
+        # a seeded sample of lines here: SentencePiece's own sampling (input_sentence_size) differs run to run
+        lines = [line for doc in docs for line in doc.splitlines() if line.strip()]
+        docs = random.Random(0).sample(lines, min(max_lines, len(lines)))
+    return Tokenizer.train(docs, out, vocab_size=vocab_size)
 
 
 def stage_data(out: Path, tokenizer_path: Path) -> dict:

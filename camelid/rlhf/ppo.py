@@ -13,25 +13,24 @@ combined reward on held-out prompts; the best policy is the result.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from camelid.config import ConfigError, StageConfig, load_config, resolve_config_path
+from camelid.config import CheckpointConfig, ConfigError, LogConfig, StageConfig, TrainConfig, load_config
 from camelid.data.padding import pad_right
-from camelid.errors import CamelidError
-from camelid.fsutil import atomic_write_json, atomic_write_text
 from camelid.reward_model import RewardModel, whiten
 from camelid.rlhf.ppo_math import entropy, gae, kl_per_token, masked_whiten, penalized_rewards, policy_loss, \
     token_logprobs, value_loss
 from camelid.rlhf.rewards import Prompt, RewardScorer, add_policy_arguments, load_prompts, policy_overrides
-from camelid.train.loop import Trainer, TrainingDiverged, resolve_device
+from camelid.train.loop import Trainer
 from camelid.train.metrics import MetricsLog
+from camelid.train.stage import RunContext, Stage, run_stage, stage_config
 
 
 @dataclass
@@ -62,25 +61,26 @@ class PPOSection:
 
 
 @dataclass
-class PPOConfig(StageConfig):  # model.init_from: the policy (an SFT or rejection-sampling checkpoint)
+class PPOConfig(StageConfig):
+    """PPO; model.init_from is the policy (an SFT or rejection-sampling checkpoint). The defaults are
+    Llama-2's: AdamW (0.9, 0.95, eps 1e-5), weight decay 0.1, clipping 1.0, constant LR 1e-6."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        lr=1e-6, schedule="constant", warmup_steps=0, weight_decay=0.1, micro_batch=8, dtype="fp32"))
+    log: LogConfig = field(default_factory=lambda: LogConfig(every=1))
+    checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every=0, keep=1))
     ppo: PPOSection = field(default_factory=PPOSection)
 
-
-# Llama-2: AdamW (0.9, 0.95, eps 1e-5), weight decay 0.1, clipping 1.0, constant LR 1e-6.
-PPO_DEFAULTS = {"train": {"lr": 1e-6, "schedule": "constant", "warmup_steps": 0, "weight_decay": 0.1,
-                          "micro_batch": 8, "dtype": "fp32"},
-                "log": {"every": 1}, "checkpoint": {"every": 0, "keep": 1}}
+    def check(self) -> None:
+        p = self.ppo
+        if p.rollout_batch % p.minibatch:
+            raise ConfigError(f"ppo.rollout_batch: {p.rollout_batch} is not a multiple of ppo.minibatch {p.minibatch}")
+        if p.minibatch % self.train.micro_batch:
+            raise ConfigError(f"ppo.minibatch: {p.minibatch} is not a multiple of train.micro_batch "
+                              f"{self.train.micro_batch}")
 
 
 def load_ppo_config(path=None, overrides=None) -> PPOConfig:
-    cfg = load_config(resolve_config_path(path) if path else None, overrides, cls=PPOConfig,
-                      defaults=copy.deepcopy(PPO_DEFAULTS))
-    p = cfg.ppo
-    if p.rollout_batch % p.minibatch:
-        raise ConfigError(f"ppo.rollout_batch: {p.rollout_batch} is not a multiple of ppo.minibatch {p.minibatch}")
-    if p.minibatch % cfg.train.micro_batch:
-        raise ConfigError(f"ppo.minibatch: {p.minibatch} is not a multiple of train.micro_batch {cfg.train.micro_batch}")
-    return cfg
+    return load_config(path, overrides, cls=PPOConfig)
 
 
 def default_beta(n_params: int) -> float:
@@ -131,9 +131,13 @@ def batch_positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 class Rollouts:
-    """One iteration's experience as a loop Dataset. Sample g of the run is row g - base of this buffer."""
+    """The newest iteration's experience as a loop Dataset: sample g of the run is row g - base of the
+    buffer, which `refill` replaces at the start of every iteration."""
 
-    def __init__(self, batch: dict, base: int):
+    def __init__(self, batch: dict | None = None, base: int = 0):
+        self.batch, self.base = batch or {}, base
+
+    def refill(self, batch: dict, base: int) -> None:
         self.batch, self.base = batch, base
 
     def fetch(self, indices) -> dict:
@@ -260,28 +264,16 @@ def frozen(model, dtype=None):
     return model.to(dtype) if dtype is not None else model
 
 
-def ppo(cfg: PPOConfig, run_dir: str | Path, resume: bool = False, scorer=None) -> dict:
-    """Run (or resume) PPO; returns the summary written to RUN_DIR/summary.json.
-
-    `scorer` replaces the reward models with any object whose `score(prompts, answers)` returns
-    {"combined": tensor, "helpful": tensor, "safety": tensor | None} (tests use a known reward)."""
+def ppo_body(cfg: PPOConfig, ctx: RunContext, scorer=None) -> dict:
+    """PPO on the shared loop: each iteration's rollouts refill the loop's data before its first minibatch
+    step, and its statistics, held-out evaluation, early stopping and checkpoint follow its last one."""
     from camelid.checkpoint import load_model, save_model
-    from camelid.tokenizer import Tokenizer
-    from camelid.train.pretrain import prepare_run_dir
 
-    run_dir = Path(run_dir)
-    prepare_run_dir(run_dir, resume)
-    p, t = cfg.ppo, cfg.train
-    if not cfg.model.init_from:
-        raise ConfigError("model.init_from: which policy to train? pass --policy CKPT")
+    p, t, run_dir, device = cfg.ppo, cfg.train, ctx.run_dir, ctx.device
     if not p.reward_helpful and scorer is None:
         raise ConfigError("ppo.reward_helpful: pass --reward-helpful RM_CKPT (and --reward-safety RM_CKPT)")
-    device = resolve_device(t.device)
     torch.manual_seed(t.seed)
-    policy = load_model(cfg.model.init_from, device=device, dtype=torch.float32)
-    if not getattr(policy, "tokenizer_path", None):
-        raise CamelidError(f"{cfg.model.init_from}: no tokenizer.model beside the weights")
-    tok = Tokenizer(policy.tokenizer_path)
+    policy, tok = ctx.load_start_model(cfg.model.init_from)
     import torch.distributed as dist
     if dist.is_initialized():
         raise ConfigError("camelid ppo runs in one process (generation would have to gather sharded weights); "
@@ -316,23 +308,23 @@ def ppo(cfg: PPOConfig, run_dir: str | Path, resume: bool = False, scorer=None) 
                                   **({"fused": True} if device.type == "cuda" else {"foreach": True}))
     steps_per_iter = p.rollout_batch // p.minibatch
     accum = p.minibatch // t.micro_batch
+    data = Rollouts()
     trainer = Trainer(model=model, objective=PPOObjective(p.clip, p.value_clip, p.vf_coef, p.temperature),
-                      data=Rollouts({}, 0), cfg=cfg, run_dir=run_dir, total_steps=p.iterations * steps_per_iter,
+                      data=data, cfg=cfg, run_dir=run_dir, total_steps=p.iterations * steps_per_iter,
                       accum=accum, stage="ppo", model_args=policy.args, optimizer=optimizer,
-                      extra_state={"model_args": policy.args.to_dict(), "tokenizer": str(policy.tokenizer_path)})
+                      extra_state={"model_args": policy.args.to_dict(), "tokenizer": str(tok.model_path)},
+                      progress_keys=("reward", "kl", "clip_fraction"))
     state = {"best_reward": -math.inf, "best_iteration": -1, "bad_evals": 0, "stopped_early": False}
-    if resume and trainer.resume():
+    if ctx.resume and trainer.resume():
         state.update(trainer.resumed_state.get("ppo_state", {}))
-    is_main = trainer.is_main
+    trainer.stop_requested = state["stopped_early"]
+    trainer.extra_state["ppo_state"] = state  # every checkpoint carries the early-stopping state
     log = MetricsLog(run_dir, resume_step=trainer.step if trainer.step else None, tensorboard=cfg.log.tensorboard,
-                     enabled=is_main)
-    if is_main:
-        atomic_write_text(run_dir / "config.toml", cfg.to_toml())
-        print(f"ppo: {policy.args.num_params() / 1e6:.2f}M policy, beta {beta}, {p.iterations} iterations of "
-              f"{p.rollout_batch} rollouts, {steps_per_iter} minibatches of {p.minibatch}, lr {t.lr:g} constant "
-              f"(critic {t.lr * value_scale:g})")
+                     enabled=ctx.is_main)
+    ctx.say(f"ppo: {policy.args.num_params() / 1e6:.2f}M policy, beta {beta}, {p.iterations} iterations of "
+            f"{p.rollout_batch} rollouts, {steps_per_iter} minibatches of {p.minibatch}, lr {t.lr:g} constant "
+            f"(critic {t.lr * value_scale:g})")
     best_dir = run_dir / "best_policy"
-    start_iter = trainer.step // steps_per_iter
 
     def rollouts(it: int):
         g = torch.Generator().manual_seed(p.seed * 100_003 + it)
@@ -340,74 +332,72 @@ def ppo(cfg: PPOConfig, run_dir: str | Path, resume: bool = False, scorer=None) 
         return make_rollouts(policy, ref, value, scorer, tok, [train_prompts[i] for i in pick], p, beta,
                              seed=p.seed * 7 + it, device=device, autocast=trainer.autocast)
 
-    def checkpoint():
-        trainer.extra_state["ppo_state"] = dict(state)
-        trainer.save()
+    def evaluate(iteration: int) -> None:
+        ev = heldout_reward(policy, ref, scorer, tok, eval_prompts, p.max_new_tokens, device)
+        log.write({"step": trainer.step, "split": "val", "iteration": iteration, **ev})
+        if ev["reward"] > state["best_reward"] + p.min_delta:
+            state.update(best_reward=ev["reward"], best_iteration=iteration, bad_evals=0)
+            save_model(policy, best_dir, tokenizer_path=tok.model_path)
+            return
+        state["bad_evals"] += 1
+        if p.patience and state["bad_evals"] >= p.patience:
+            state["stopped_early"] = trainer.stop_requested = True
+            print(f"\nearly stop at iteration {iteration}: held-out reward has not improved for {p.patience} "
+                  f"evaluations (best {state['best_reward']:.3f} at iteration {state['best_iteration']})")
+
+    iteration: dict = {}  # the current iteration's rollout statistics and minibatch rows
+
+    def before_step() -> None:
+        if trainer.step % steps_per_iter == 0:
+            batch, stats = rollouts(trainer.step // steps_per_iter)
+            data.refill(batch, base=trainer.step * trainer.samples_per_step)
+            iteration.update(stats=stats, rows=[])
+
+    def after_step(row: dict) -> None:
+        iteration["rows"].append(row)
+        if trainer.step % steps_per_iter:
+            return
+        it = trainer.step // steps_per_iter
+        keys = ("loss", "policy_loss", "value_loss", "entropy", "clip_fraction", "ratio", "grad_norm")
+        good = [r for r in iteration["rows"] if not r.get("skipped")] or iteration["rows"]
+        row.update({"iteration": it, **iteration["stats"],
+                    **{k: sum(r[k] for r in good) / len(good) for k in keys if k in good[0]}})
+        if p.eval_every and it % p.eval_every == 0:
+            evaluate(it)
+        if p.save_every and it % p.save_every == 0:
+            trainer.save()
 
     t_start = time.perf_counter()
-    if start_iter == 0:
+    if trainer.step == 0:
         batch, _ = rollouts(0)  # put the critic on the returns' scale before it is trained
         value.rescale(batch["values_old"][batch["rmask"]])
         if p.eval_every:
             ev = heldout_reward(policy, ref, scorer, tok, eval_prompts, p.max_new_tokens, device)
             log.write({"step": 0, "split": "val", "iteration": 0, **ev})
             state.update(best_reward=ev["reward"], best_iteration=0)
-            save_model(policy, best_dir, tokenizer_path=policy.tokenizer_path)
-    bar = None
-    if is_main and cfg.log.progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=p.iterations, initial=start_iter, desc="ppo", unit="iter", dynamic_ncols=True)
-    try:
-        for it in range(start_iter, p.iterations):
-            if state["stopped_early"]:
-                break
-            batch, stats = rollouts(it)
-            trainer.data = Rollouts(batch, base=trainer.step * trainer.samples_per_step)
-            rows = [trainer.train_step() for _ in range(steps_per_iter)]
-            if trainer.bad_steps >= t.max_bad_steps:
-                checkpoint()
-                raise TrainingDiverged(f"ppo: {trainer.bad_steps} consecutive non-finite steps at iteration {it + 1}; "
-                                       f"lower train.lr or ppo.value_lr, then --resume")
-            keys = ("loss", "policy_loss", "value_loss", "entropy", "clip_fraction", "ratio", "grad_norm")
-            good = [r for r in rows if not r.get("skipped")] or rows
-            row = {"step": trainer.step, "iteration": it + 1, "lr": rows[-1]["lr"], "tokens": trainer.tokens, **stats,
-                   **{k: sum(r[k] for r in good) / len(good) for k in keys if k in good[0]}}
-            log.write(row)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix({"reward": f"{stats['reward']:.3f}", "kl": f"{stats['kl']:.3f}",
-                                 "clip": f"{row.get('clip_fraction', 0):.2f}"}, refresh=False)
-            if p.eval_every and (it + 1) % p.eval_every == 0:
-                ev = heldout_reward(policy, ref, scorer, tok, eval_prompts, p.max_new_tokens, device)
-                log.write({"step": trainer.step, "split": "val", "iteration": it + 1, **ev})
-                if ev["reward"] > state["best_reward"] + p.min_delta:
-                    state.update(best_reward=ev["reward"], best_iteration=it + 1, bad_evals=0)
-                    save_model(policy, best_dir, tokenizer_path=policy.tokenizer_path)
-                else:
-                    state["bad_evals"] += 1
-                    if p.patience and state["bad_evals"] >= p.patience:
-                        state["stopped_early"] = True
-                        msg = (f"early stop at iteration {it + 1}: held-out reward has not improved for "
-                               f"{p.patience} evaluations (best {state['best_reward']:.3f} at iteration "
-                               f"{state['best_iteration']})")
-                        bar.write(msg) if bar is not None else print(msg)
-            if p.save_every and (it + 1) % p.save_every == 0:
-                checkpoint()
-    finally:
-        if bar is not None:
-            bar.close()
-        log.close()
-    checkpoint()
+            save_model(policy, best_dir, tokenizer_path=tok.model_path)
+    trainer.fit(log=log, before_step=before_step, on_step=after_step, log_every=steps_per_iter)
+    if trainer.stop_requested:  # fit() saves at its last step; an early stop ends before it
+        trainer.save()
     # with held-out evaluations, the result is the best policy they saw; without, the last one
     final = load_model(best_dir, device=device, dtype=torch.float32) if p.eval_every else policy
     end = heldout_reward(final, ref, scorer, tok, eval_prompts, p.max_new_tokens, device)
     summary = {"iterations": trainer.step // steps_per_iter, "seconds": time.perf_counter() - t_start, "beta": beta,
                "best_iteration": state["best_iteration"], "stopped_early": state["stopped_early"],
                "heldout_reward": end["reward"], "heldout_kl": end["kl"]}
-    if is_main:
-        save_model(final, run_dir / "model", tokenizer_path=policy.tokenizer_path)
-        atomic_write_json(run_dir / "summary.json", summary)
-    return summary
+    return ctx.finish(final, tok.model_path, summary)
+
+
+PPO = Stage("ppo", PPOConfig, ppo_body, needs="which policy to train? pass --policy CKPT")
+
+
+def ppo(cfg: PPOConfig, run_dir: str | Path, resume: bool = False, scorer=None) -> dict:
+    """Run (or resume) PPO; returns the summary written to RUN_DIR/summary.json.
+
+    `scorer` replaces the reward models with any object whose `score(prompts, answers)` returns
+    {"combined": tensor, "helpful": tensor, "safety": tensor | None} (tests use a known reward)."""
+    stage = replace(PPO, body=partial(ppo_body, scorer=scorer)) if scorer is not None else PPO
+    return run_stage(stage, cfg, run_dir, resume=resume)
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
@@ -423,9 +413,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import json
 
-    saved = Path(args.out) / "config.toml"
-    path = args.config or (saved if args.resume and saved.exists() else "ppo")
-    summary = ppo(load_ppo_config(path, policy_overrides(args, "ppo")), args.out, resume=args.resume)
+    cfg = stage_config(PPO, args.config, policy_overrides(args, "ppo"), args.out, args.resume)
+    summary = ppo(cfg, args.out, resume=args.resume)
     print(json.dumps(summary, indent=2))
     print(f"policy: {Path(args.out) / 'model'} (best held-out reward, iteration {summary['best_iteration']})")
     return 0

@@ -13,6 +13,7 @@ from camelid.errors import CamelidError
 from camelid.fsutil import iter_jsonl
 from camelid.reward_model import RewardModel, combined_reward
 from camelid.tasks import make_dialogs
+from camelid.train.stage import flag_overrides
 
 
 @dataclass
@@ -86,7 +87,7 @@ def add_policy_arguments(p, stage: str, policy_help: str) -> None:
     p.add_argument("--reward-safety", help="safety reward model (optional)")
     p.add_argument("--prompts", default=None, help="'proving-ground' or a JSONL of prompts")
     p.add_argument("--iterations", type=int, default=None)
-    p.add_argument("--config", default=None, help=f"recipe file or name (default: {stage})")
+    p.add_argument("--config", default=None, help="recipe file or name (default: Llama-2's settings, the stage's config class)")
     p.add_argument("--out", default=f"runs/{stage}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
@@ -96,4 +97,4 @@ def policy_overrides(args, stage: str, **extra) -> list[str]:
     given = {"model.init_from": args.policy, f"{stage}.reward_helpful": args.reward_helpful,
              f"{stage}.reward_safety": args.reward_safety, f"{stage}.prompts": args.prompts,
              f"{stage}.iterations": args.iterations, **{f"{stage}.{k}": v for k, v in extra.items()}}
-    return [f"{k}={v}" for k, v in given.items() if v is not None] + list(args.overrides)
+    return flag_overrides(given) + list(args.overrides)

@@ -10,18 +10,19 @@ unfinished iteration.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from camelid.config import ConfigError, StageConfig, load_config, resolve_config_path
-from camelid.errors import CamelidError
+from camelid.config import CheckpointConfig, ConfigError, LogConfig, ModelConfig, StageConfig, TrainConfig, load_config
 from camelid.fsutil import atomic_write_json, atomic_write_text
 from camelid.rlhf.rewards import Prompt, RewardScorer, add_policy_arguments, load_prompts, policy_overrides
+from camelid.train.sft import SFTConfig, SFTSection, sft, sft_train_defaults
+from camelid.train.stage import RunContext, Stage, run_stage, stage_config
 
 
 @dataclass
@@ -43,19 +44,23 @@ class RSSection:
 
 @dataclass
 class RSConfig(StageConfig):
+    """Rejection sampling; the fine-tuning on the pool uses Llama-2's SFT settings (cosine from 2e-5, weight
+    decay 0.1, batch 64), and this stage's train, log and checkpoint sections are handed to it whole."""
+    train: TrainConfig = field(default_factory=sft_train_defaults)
+    log: LogConfig = field(default_factory=lambda: LogConfig(every=5))
+    checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every=0, keep=1))
     rs: RSSection = field(default_factory=RSSection)
 
-
-RS_DEFAULTS = {"train": {"lr": 2e-5, "weight_decay": 0.1, "warmup_steps": 0, "min_lr_ratio": 0.1, "micro_batch": 8},
-               "log": {"every": 5}, "checkpoint": {"every": 0, "keep": 1}}
+    def check(self) -> None:
+        if self.rs.k < 1:
+            raise ConfigError("rs.k: must be >= 1")
+        if self.rs.batch_size % self.train.micro_batch:
+            raise ConfigError(f"rs.batch_size: {self.rs.batch_size} is not a multiple of train.micro_batch "
+                              f"{self.train.micro_batch}")
 
 
 def load_rs_config(path=None, overrides=None) -> RSConfig:
-    cfg = load_config(resolve_config_path(path) if path else None, overrides, cls=RSConfig,
-                      defaults=copy.deepcopy(RS_DEFAULTS))
-    if cfg.rs.k < 1:
-        raise ConfigError("rs.k: must be >= 1")
-    return cfg
+    return load_config(path, overrides, cls=RSConfig)
 
 
 def best_of_k(scores: torch.Tensor) -> torch.Tensor:
@@ -120,27 +125,15 @@ def heldout(policy, scorer: RewardScorer, tokenizer, prompts: list[Prompt], max_
     return scorer.score(prompts, [a[0] for a in answers])["combined"].mean().item()
 
 
-def rejection_sampling(cfg: RSConfig, run_dir: str | Path, scorer=None) -> dict:
+def rs_body(cfg: RSConfig, ctx: RunContext, scorer=None) -> dict:
     from camelid.checkpoint import load_model
-    from camelid.tokenizer import Tokenizer
-    from camelid.train.loop import resolve_device
     from camelid.train.metrics import MetricsLog
-    from camelid.train.sft import load_sft_config, sft
 
-    r, t = cfg.rs, cfg.train
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not cfg.model.init_from:
-        raise ConfigError("model.init_from: which policy to improve? pass --policy CKPT")
-    device = resolve_device(t.device)
+    r, run_dir, device = cfg.rs, ctx.run_dir, ctx.device
     policy_path = Path(cfg.model.init_from)
-    policy = load_model(policy_path, device=device, dtype=torch.float32)
-    if not getattr(policy, "tokenizer_path", None):
-        raise CamelidError(f"{policy_path}: no tokenizer.model beside the weights")
-    tok = Tokenizer(policy.tokenizer_path)
+    policy, tok = ctx.load_start_model(policy_path)
     scorer = scorer or load_scorer(r.reward_helpful, r.reward_safety, tok, device)
     eval_prompts = load_prompts(r.eval_prompts or r.prompts, "test", n=r.eval_n, seed=r.seed + 1)[:r.eval_n]
-    atomic_write_text(run_dir / "config.toml", cfg.to_toml())
     finished = 0
     while (run_dir / f"iter_{finished + 1}" / "iteration.json").exists():
         finished += 1
@@ -173,13 +166,7 @@ def rejection_sampling(cfg: RSConfig, run_dir: str | Path, scorer=None) -> dict:
         sampling_s = time.perf_counter() - ts
         # Fine-tune the newest policy on the pool with the SFT stage itself.
         if pool:
-            sft_over = [f"model.init_from={policy_path}", f"sft.data={it_dir / 'sft.jsonl'}", f"sft.epochs={r.epochs}",
-                        f"sft.batch_size={r.batch_size}", "sft.eval_n=0", f"sft.seed={r.seed + it}"] + \
-                       [f"train.{k}={json.dumps(getattr(t, k))}" for k in ("lr", "weight_decay", "warmup_steps",
-                                                                          "min_lr_ratio", "micro_batch", "dtype",
-                                                                          "seed", "grad_clip", "device")] + \
-                       [f"log.progress={json.dumps(cfg.log.progress)}"]
-            sft(load_sft_config(None, sft_over), it_dir / "sft", resume=True, quiet=True)
+            sft(pool_sft_config(cfg, policy_path, it_dir / "sft.jsonl", it), it_dir / "sft", resume=True, quiet=True)
             policy_path = it_dir / "sft" / "model"
             policy = load_model(policy_path, device=device, dtype=torch.float32)
         else:
@@ -198,13 +185,30 @@ def rejection_sampling(cfg: RSConfig, run_dir: str | Path, scorer=None) -> dict:
         print(f"rs iteration {it}: best-of-{r.k} reward {row['best_mean']:.3f} (samples {row['sample_mean']:.3f}), "
               f"pool {len(pool)}, held-out reward {row['heldout_reward']:.3f}")
     log.close()
-    from camelid.checkpoint import save_model
-    save_model(policy, run_dir / "model", tokenizer_path=tok.model_path)
     summary = {"iterations": len(history), "heldout_reward_before": start,
                "heldout_reward_after": history[-1]["heldout_reward"] if history else start,
                "history": history, "seconds": time.perf_counter() - t0}
-    atomic_write_json(run_dir / "summary.json", summary)
-    return summary
+    return ctx.finish(policy, tok.model_path, summary)
+
+
+def pool_sft_config(cfg: RSConfig, policy_path: Path, pool_file: Path, iteration: int) -> SFTConfig:
+    """The SFT stage that fine-tunes the newest policy on the pool: this stage's train, log and checkpoint
+    sections, SFT's own defaults for the rest."""
+    r = cfg.rs
+    return SFTConfig(model=ModelConfig(init_from=str(policy_path)), train=replace(cfg.train), log=replace(cfg.log),
+                     checkpoint=replace(cfg.checkpoint),
+                     sft=SFTSection(data=str(pool_file), epochs=r.epochs, batch_size=r.batch_size, eval_n=0,
+                                    seed=r.seed + iteration))
+
+
+RS = Stage("rs", RSConfig, rs_body, needs="which policy to improve? pass --policy CKPT")
+
+
+def rejection_sampling(cfg: RSConfig, run_dir: str | Path, scorer=None) -> dict:
+    """Run or continue rejection sampling (finished iterations are kept; a rerun continues after them).
+    `scorer` replaces the reward models (tests use a known reward)."""
+    stage = replace(RS, body=partial(rs_body, scorer=scorer)) if scorer is not None else RS
+    return run_stage(stage, cfg, run_dir, resume=True)
 
 
 def add_arguments(p) -> None:
@@ -216,7 +220,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    summary = rejection_sampling(load_rs_config(args.config or "rs", policy_overrides(args, "rs", k=args.k)), args.out)
+    cfg = stage_config(RS, args.config, policy_overrides(args, "rs", k=args.k), args.out, resume=True)
+    summary = rejection_sampling(cfg, args.out)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     print(f"policy: {Path(args.out) / 'model'} (resume: run the same command again)")
     return 0

@@ -68,6 +68,7 @@ class Trainer:
     model_args: object = None  # the ModelArgs (for MFU) when `model` is wrapped
     accum: int = 1  # micro-batches per rank per optimizer step
     extra_state: dict = field(default_factory=dict)  # saved in trainer_state.json (e.g. model_args for export)
+    progress_keys: tuple = ()  # row keys the progress bar shows besides loss and lr (e.g. PPO's reward)
 
     def __post_init__(self):
         t = self.cfg.train
@@ -80,6 +81,7 @@ class Trainer:
         self.step = 0
         self.tokens = 0
         self.bad_steps = 0
+        self.stop_requested = False  # a stage's hook ends fit() early (PPO's early stopping)
         self.is_main = self.dist_info.rank == 0
         args = self.model_args or getattr(self.model, "args", None)
         self.flops_per_token = flops_per_token(args, self.seq_len) if (args is not None and self.seq_len) else 0
@@ -193,9 +195,16 @@ class Trainer:
         return row
 
     # -------------------------------------------------------------------------------------------------- fit
-    def fit(self, log: MetricsLog | None = None, on_step: Callable[[dict], None] | None = None) -> list[dict]:
-        """Train to `total_steps`; returns the rows logged. Checkpoints every `checkpoint.every` and at the end."""
+    def fit(self, log: MetricsLog | None = None, on_step: Callable[[dict], None] | None = None,
+            before_step: Callable[[], None] | None = None, log_every: int | None = None) -> list[dict]:
+        """Train to `total_steps` (or until a hook sets `stop_requested`); returns the rows logged.
+        Checkpoints every `checkpoint.every` and at the end.
+
+        A stage hooks in without a loop of its own: `before_step()` runs before each optimizer step (PPO
+        refills its rollout buffer there), `on_step(row)` after it, before the row is logged, so it may add
+        to the row (PPO's iteration statistics). `log_every` overrides `log.every`."""
         cfg = self.cfg
+        log_every = log_every or cfg.log.every
         log = log or MetricsLog(self.run_dir, resume_step=self.step if self.step else None,
                                 tensorboard=cfg.log.tensorboard, enabled=self.is_main)
         rows: list[dict] = []
@@ -211,7 +220,9 @@ class Trainer:
         profiler = StepProfiler(self.run_dir / "profile", cfg.log.profile_steps, rank=self.dist_info.rank)
         t0, tok0 = time.perf_counter(), self.tokens
         try:
-            while self.step < self.total_steps:
+            while self.step < self.total_steps and not self.stop_requested:
+                if before_step is not None:
+                    before_step()
                 row = self.train_step()
                 profiler.step()
                 if row.get("skipped"):
@@ -223,8 +234,10 @@ class Trainer:
                             f"{self.bad_steps} consecutive non-finite steps (last at step {self.step}); the run stopped. "
                             f"The last good weights are in {path} (skipped steps never touched them). Lower "
                             f"train.lr, use train.dtype=bf16 rather than fp16, or check the data, then --resume.")
+                if on_step is not None:
+                    on_step(row)
                 dt = time.perf_counter() - t0
-                if self.step % cfg.log.every == 0 or self.step == self.total_steps:
+                if self.step % log_every == 0 or self.step == self.total_steps:
                     row["tokens_per_s"] = (self.tokens - tok0) / dt if dt > 0 else 0.0
                     if self.peak:
                         row["mfu"] = row["tokens_per_s"] * self.flops_per_token / self.peak
@@ -238,9 +251,8 @@ class Trainer:
                         post["tok/s"] = f"{row['tokens_per_s']:.0f}"
                     if "mfu" in row:
                         post["mfu"] = f"{100 * row['mfu']:.0f}%"
+                    post.update({k: f"{row[k]:.3f}" for k in self.progress_keys if k in row})
                     bar.set_postfix(post, refresh=False)
-                if on_step is not None:
-                    on_step(row)
                 val_due = cfg.log.val_every and self.step % cfg.log.val_every == 0
                 if self.evaluate is not None and (val_due or self.step == self.total_steps):
                     val = self.validate()

@@ -17,14 +17,13 @@ import torch
 from camelid.checkpoint import load_model, save_state_dict
 from camelid.config import (Config, ConfigError, accumulation_steps, load_config, model_args_from,
                             resolve_config_path)
-from camelid.errors import CamelidError
 from camelid.fsutil import atomic_write_json, atomic_write_text
 from camelid.model import Transformer
 from camelid.parallel.dist_info import DistInfo
 from camelid.parallel.distributed import full_state_dict
-from camelid.train import checkpointing as ckpt
 from camelid.train.loop import Trainer, resolve_device
 from camelid.train.objectives import LanguageModeling
+from camelid.train.stage import prepare_run_dir
 
 
 META_INIT_BYTES = 8 * 2**30  # fp32 weights above this are never materialised whole on one rank
@@ -99,13 +98,6 @@ def total_steps(cfg: Config) -> int:
     if t.max_tokens:
         return math.ceil(t.max_tokens / t.batch_tokens)
     raise ConfigError("train.max_steps / train.max_tokens: set one of them (e.g. --max-steps 100)")
-
-
-def prepare_run_dir(run_dir: Path, resume: bool) -> None:
-    if not resume and ckpt.latest_checkpoint(run_dir) is not None:
-        raise CamelidError(f"{run_dir} already holds checkpoints of a run: pass --resume to continue it, "
-                           f"or choose a new --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False, dist_info: DistInfo | None = None,

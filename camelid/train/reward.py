@@ -16,7 +16,6 @@ calibration), rm_report.json (held-out accuracy per rating, Llama-2 Table 8 layo
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -26,16 +25,16 @@ from pathlib import Path
 
 import torch
 
-from camelid.config import ConfigError, StageConfig, load_config, resolve_config_path
+from camelid.config import CheckpointConfig, ConfigError, LogConfig, StageConfig, TrainConfig, load_config
 from camelid.data.preferences import PreferencePair, load_pairs, pairs_hash, rating_counts, save_pairs
 from camelid.data.padding import pad_right
 from camelid.errors import CamelidError
-from camelid.fsutil import atomic_write_json, atomic_write_text
-from camelid.parallel.dist_info import DistInfo
+from camelid.fsutil import atomic_write_text
 from camelid.plot import save_figure
 from camelid.reward_model import MARGINS, RATINGS, RewardModel, ranking_loss
-from camelid.train.loop import Trainer, resolve_device
+from camelid.train.loop import Trainer
 from camelid.train.rm_pairs import proving_ground_pairs
+from camelid.train.stage import RunContext, Stage, flag_overrides, run_stage, stage_config
 
 PROVING_GROUND = "proving-ground"
 
@@ -62,24 +61,28 @@ class RMSection:
 
 @dataclass
 class RMConfig(StageConfig):
+    """A reward model; the defaults are Llama-2's (§3.2.2): one epoch, peak LR 1e-5 (5e-6 for 70B) cosine to
+    10%, warmup 3% of the steps (at least 5), 512 pairs per batch by accumulation, AdamW 0.9/0.95, weight
+    decay 0.1, clipping 1.0."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-5, min_lr_ratio=0.1, weight_decay=0.1,
+                                                                   micro_batch=8))
+    log: LogConfig = field(default_factory=lambda: LogConfig(every=5))
+    checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every=0, keep=1))
     rm: RMSection = field(default_factory=RMSection)
 
-
-RM_DEFAULTS = {"train": {"lr": 1e-5, "min_lr_ratio": 0.1, "weight_decay": 0.1, "micro_batch": 8},
-               "log": {"every": 5}, "checkpoint": {"every": 0, "keep": 1}}
+    def check(self) -> None:
+        r = self.rm
+        if r.kind not in ("helpful", "safety"):
+            raise ConfigError(f"rm.kind: must be helpful or safety, got {r.kind!r}")
+        if r.margin not in MARGINS:
+            raise ConfigError(f"rm.margin: must be none, small or large, got {r.margin!r}")
+        if r.batch_pairs % self.train.micro_batch:
+            raise ConfigError(f"rm.batch_pairs: {r.batch_pairs} is not a multiple of train.micro_batch "
+                              f"{self.train.micro_batch}")
 
 
 def load_rm_config(path=None, overrides=None) -> RMConfig:
-    cfg = load_config(resolve_config_path(path) if path else None, overrides, cls=RMConfig,
-                      defaults=copy.deepcopy(RM_DEFAULTS))
-    r = cfg.rm
-    if r.kind not in ("helpful", "safety"):
-        raise ConfigError(f"rm.kind: must be helpful or safety, got {r.kind!r}")
-    if r.margin not in MARGINS:
-        raise ConfigError(f"rm.margin: must be none, small or large, got {r.margin!r}")
-    if r.batch_pairs % cfg.train.micro_batch:
-        raise ConfigError(f"rm.batch_pairs: {r.batch_pairs} is not a multiple of train.micro_batch {cfg.train.micro_batch}")
-    return cfg
+    return load_config(path, overrides, cls=RMConfig)
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -264,21 +267,10 @@ def get_pairs(cfg: RMConfig, run_dir: Path, tokenizer, lm) -> tuple[list[Prefere
     return train, test
 
 
-def train_reward_model(cfg: RMConfig, run_dir: str | Path, resume: bool = False) -> dict:
-    from camelid.checkpoint import load_model, save_model
-    from camelid.tokenizer import Tokenizer
-    from camelid.train.pretrain import prepare_run_dir
-
-    run_dir = Path(run_dir)
-    prepare_run_dir(run_dir, resume)
+def rm_body(cfg: RMConfig, ctx: RunContext) -> dict:
     r, t = cfg.rm, cfg.train
-    if not cfg.model.init_from:
-        raise ConfigError("model.init_from: which SFT model to start from? pass --model CKPT")
-    device = resolve_device(t.device)
-    lm = load_model(cfg.model.init_from, device=device, dtype=torch.float32)
-    if not getattr(lm, "tokenizer_path", None):
-        raise CamelidError(f"{cfg.model.init_from}: no tokenizer.model beside the weights")
-    tok = Tokenizer(lm.tokenizer_path)
+    run_dir = ctx.run_dir
+    lm, tok = ctx.load_start_model(cfg.model.init_from)
     train_pairs, val_pairs = get_pairs(cfg, run_dir, tok, lm)
     if not train_pairs:
         raise CamelidError("no training pairs (every candidate answer scored the same)")
@@ -288,8 +280,7 @@ def train_reward_model(cfg: RMConfig, run_dir: str | Path, resume: bool = False)
     data = PairData(train_pairs, tok, max_len, r.margin, seed=r.seed)
     val = PairData(val_pairs, tok, max_len, r.margin, seed=r.seed) if val_pairs else None
 
-    dist_info = DistInfo.current()
-    per_step = t.micro_batch * dist_info.dp_world
+    per_step = t.micro_batch * ctx.dist.dp_world
     batch = min(r.batch_pairs, max(per_step, (len(data) // per_step) * per_step))  # small data: one batch at most
     if batch % per_step:
         raise ConfigError(f"rm.batch_pairs: {batch} is not a multiple of micro_batch x ranks = {per_step}")
@@ -297,8 +288,7 @@ def train_reward_model(cfg: RMConfig, run_dir: str | Path, resume: bool = False)
     steps = t.max_steps or max(1, math.ceil(r.epochs * len(data) / batch))
     t.warmup_steps = max(r.min_warmup, math.ceil(r.warmup_fraction * steps))  # Llama-2: 3% of steps, at least 5
     t.batch_tokens = batch * max_len
-    if dist_info.rank == 0:
-        atomic_write_text(run_dir / "config.toml", cfg.to_toml())
+    ctx.write_config(cfg)
 
     def evaluate(m) -> dict:
         c, rj = score_pairs(m, val, t.micro_batch)
@@ -307,13 +297,13 @@ def train_reward_model(cfg: RMConfig, run_dir: str | Path, resume: bool = False)
         return {"loss": loss, "accuracy": acc["average"], "accuracy_by_rating": acc}
 
     trainer = Trainer(model=model, objective=RankingObjective(), data=data, cfg=cfg, run_dir=run_dir,
-                      total_steps=steps, accum=accum, dist_info=dist_info, evaluate=evaluate if val else None,
+                      total_steps=steps, accum=accum, dist_info=ctx.dist, evaluate=evaluate if val else None,
                       stage=f"rm-{r.kind}", model_args=model.args,
                       extra_state={"model_args": model.args.to_dict(), "tokenizer": str(lm.tokenizer_path)})
-    resumed = trainer.resume() if resume else False
-    print(f"rm ({r.kind}, margin {r.margin}): {len(data):,} pairs, {steps} steps of {batch} pairs "
-          f"({t.micro_batch} x {accum} accumulation), lr {t.lr:g}, warmup {t.warmup_steps}"
-          + (f"; resumed at step {trainer.step}" if resumed else ""))
+    resumed = trainer.resume() if ctx.resume else False
+    ctx.say(f"rm ({r.kind}, margin {r.margin}): {len(data):,} pairs, {steps} steps of {batch} pairs "
+            f"({t.micro_batch} x {accum} accumulation), lr {t.lr:g}, warmup {t.warmup_steps}"
+            + (f"; resumed at step {trainer.step}" if resumed else ""))
     start = time.perf_counter()
     trainer.fit()
     seconds = time.perf_counter() - start
@@ -331,10 +321,14 @@ def train_reward_model(cfg: RMConfig, run_dir: str | Path, resume: bool = False)
             report["calibration"] = model.calibration
         report["scores_plot"] = str(plot_scores(c, rj, run_dir / "scores.png",
                                                 f"{r.kind} reward model: held-out scores"))
-    if dist_info.rank == 0:
-        save_model(model, run_dir / "model", tokenizer_path=lm.tokenizer_path)
-        atomic_write_json(run_dir / "rm_report.json", report)
-    return report
+    return ctx.finish(model, lm.tokenizer_path, report, name="rm_report.json")
+
+
+RM = Stage("rm", RMConfig, rm_body, result="rm_report.json", needs="which SFT model to start from? pass --model CKPT")
+
+
+def train_reward_model(cfg: RMConfig, run_dir: str | Path, resume: bool = False) -> dict:
+    return run_stage(RM, cfg, run_dir, resume=resume)
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
@@ -348,7 +342,7 @@ def add_arguments(p) -> None:
     p.add_argument("--kind", choices=["helpful", "safety"], default=None)
     p.add_argument("--margin", choices=["none", "small", "large"], default=None)
     p.add_argument("--base", default=None, help="proving ground: a base model whose answers join the candidates")
-    p.add_argument("--config", default=None, help="recipe file or name (default: rm)")
+    p.add_argument("--config", default=None, help="recipe file or name (default: Llama-2's settings, RMConfig)")
     p.add_argument("--out", default="runs/rm", help="run directory")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--resume", action="store_true")
@@ -356,12 +350,9 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    over = [f"{k}={v}" for k, v in (("model.init_from", args.model), ("rm.data", args.data), ("rm.kind", args.kind),
-                                    ("rm.margin", args.margin), ("rm.base_model", args.base),
-                                    ("train.max_steps", args.max_steps)) if v is not None]
-    saved = Path(args.out) / "config.toml"
-    path = args.config or (saved if args.resume and saved.exists() else "rm")
-    cfg = load_rm_config(path, over + list(args.overrides))
+    flags = {"model.init_from": args.model, "rm.data": args.data, "rm.kind": args.kind, "rm.margin": args.margin,
+             "rm.base_model": args.base, "train.max_steps": args.max_steps}
+    cfg = stage_config(RM, args.config, flag_overrides(flags) + list(args.overrides), args.out, args.resume)
     report = train_reward_model(cfg, args.out, resume=args.resume)
     if "accuracy" in report:
         print(format_table(report["accuracy"], f"held-out accuracy (%) of the {cfg.rm.kind} reward model, "

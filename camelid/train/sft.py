@@ -20,7 +20,6 @@ ground, eval.json (held-out accuracy per task, refusals, GAtt adherence).
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -29,12 +28,11 @@ from pathlib import Path
 
 import torch
 
-from camelid.config import ConfigError, StageConfig, load_config, resolve_config_path
-from camelid.errors import CamelidError
-from camelid.fsutil import atomic_write_json, atomic_write_text
-from camelid.parallel.dist_info import DistInfo
-from camelid.train.loop import Trainer, resolve_device
+from camelid.config import CheckpointConfig, ConfigError, LogConfig, StageConfig, TrainConfig, load_config
+from camelid.fsutil import atomic_write_json
+from camelid.train.loop import Trainer
 from camelid.train.objectives import LanguageModeling
+from camelid.train.stage import RunContext, Stage, flag_overrides, run_stage, stage_config
 
 PROVING_GROUND = "proving-ground"
 
@@ -60,29 +58,34 @@ class SFTSection:
     eval_gatt: int = 24  # held-out GAtt dialogs evaluated after training
 
 
+def sft_train_defaults() -> TrainConfig:
+    # Llama-2 §3.1: cosine from 2e-5 to 10% (the pre-training convention; the paper does not say), weight
+    # decay 0.1, AdamW (0.9, 0.95, eps 1e-5) and clipping 1.0 as in pre-training; the paper gives no SFT
+    # warmup, so none. batch_tokens is derived: sft.batch_size x the sequence length.
+    return TrainConfig(lr=2e-5, weight_decay=0.1, warmup_steps=0, min_lr_ratio=0.1, micro_batch=8)
+
+
 @dataclass
 class SFTConfig(StageConfig):
+    """Supervised fine-tuning; the defaults are Llama-2's recipe, a TOML file or --set overrides them."""
+    train: TrainConfig = field(default_factory=sft_train_defaults)
+    log: LogConfig = field(default_factory=lambda: LogConfig(every=5))
+    checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every=0, keep=1))
     sft: SFTSection = field(default_factory=SFTSection)
 
-
-# Llama-2 §3.1 (the paper does not give SFT warmup; none). batch_tokens is derived: batch_size x seq_len.
-SFT_DEFAULTS = {"train": {"lr": 2e-5, "weight_decay": 0.1, "warmup_steps": 0, "min_lr_ratio": 0.1,
-                          "micro_batch": 8},
-                "log": {"every": 5}, "checkpoint": {"every": 0, "keep": 1}}
+    def check(self) -> None:
+        s = self.sft
+        if s.epochs <= 0:
+            raise ConfigError("sft.epochs: must be positive")
+        if s.batch_size <= 0:
+            raise ConfigError("sft.batch_size: must be positive")
+        if s.batch_size % self.train.micro_batch:
+            raise ConfigError(f"sft.batch_size: {s.batch_size} is not a multiple of train.micro_batch "
+                              f"{self.train.micro_batch}")
 
 
 def load_sft_config(path=None, overrides=None) -> SFTConfig:
-    cfg = load_config(resolve_config_path(path) if path else None, overrides, cls=SFTConfig,
-                      defaults=copy.deepcopy(SFT_DEFAULTS))
-    s = cfg.sft
-    if s.epochs <= 0:
-        raise ConfigError("sft.epochs: must be positive")
-    if s.batch_size <= 0:
-        raise ConfigError("sft.batch_size: must be positive")
-    if s.batch_size % cfg.train.micro_batch:
-        raise ConfigError(f"sft.batch_size: {s.batch_size} is not a multiple of train.micro_batch "
-                          f"{cfg.train.micro_batch}")
-    return cfg
+    return load_config(path, overrides, cls=SFTConfig)
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -146,26 +149,13 @@ def answer_loss_evaluator(rows, micro_batch: int, cross_attention: bool):
 
 # ------------------------------------------------------------------------------------------------------- run
 
-def sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
+def sft_body(cfg: SFTConfig, ctx: RunContext) -> dict:
     """Fine-tune cfg.model.init_from on cfg.sft.data; returns the summary written to RUN_DIR/summary.json."""
-    from camelid.checkpoint import load_model, save_model
-    from camelid.data.chat import PackedChatData, pack
+    from camelid.data.chat import PackedChatData, encode_samples, pack
     from camelid.tasks import make_dialogs
-    from camelid.tokenizer import Tokenizer
-    from camelid.train.pretrain import prepare_run_dir
 
-    say = (lambda *a: None) if quiet else print
-    run_dir = Path(run_dir)
-    prepare_run_dir(run_dir, resume)
     s, t = cfg.sft, cfg.train
-    if not cfg.model.init_from:
-        raise ConfigError("model.init_from: which model to fine-tune? pass --model CKPT")
-    device = resolve_device(t.device)
-    model = load_model(cfg.model.init_from, device=device, dtype=torch.float32)
-    tok_path = getattr(model, "tokenizer_path", None)
-    if not tok_path:
-        raise CamelidError(f"{cfg.model.init_from}: no tokenizer.model beside the weights")
-    tok = Tokenizer(tok_path)
+    model, tok = ctx.load_start_model(cfg.model.init_from)
     args = model.args
     seq_len = s.seq_len or args.max_seq_len
     if seq_len > args.max_seq_len:
@@ -180,7 +170,6 @@ def sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, quiet: bool =
         info["gatt_answers"] = g_info
         val_dialogs = [ex.messages + [{"role": "assistant", "content": ex.reference}]
                        for ex in make_dialogs("test", s.val_n, s.seed)]
-        from camelid.data.chat import encode_samples
         val_samples = encode_samples(tok, val_dialogs)
     else:
         samples = load_samples(tok, s.data, s.last_turn_only)
@@ -190,27 +179,26 @@ def sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, quiet: bool =
     evaluate = answer_loss_evaluator(pack(val_samples, seq_len, shuffle=False), t.micro_batch, s.cross_attention) \
         if val_samples else None
     st = rows.stats
-    say(f"sft data: {st['packed']:,} dialogs packed into {st['rows']:,} rows of {seq_len} tokens "
-        f"({100 * st['fill']:.0f}% full, {st['target_tokens']:,} answer tokens, {st['truncated']} truncated) "
-        f"in {time.perf_counter() - t0:.1f}s")
+    ctx.say(f"sft data: {st['packed']:,} dialogs packed into {st['rows']:,} rows of {seq_len} tokens "
+            f"({100 * st['fill']:.0f}% full, {st['target_tokens']:,} answer tokens, {st['truncated']} truncated) "
+            f"in {time.perf_counter() - t0:.1f}s")
 
-    dist_info = DistInfo.current()
-    per_step = t.micro_batch * dist_info.dp_world
+    per_step = t.micro_batch * ctx.dist.dp_world
     if s.batch_size % per_step:
         raise ConfigError(f"sft.batch_size: {s.batch_size} is not a multiple of micro_batch x ranks = {per_step}")
     accum = s.batch_size // per_step
     t.batch_tokens = s.batch_size * seq_len  # for the record (config.toml)
     steps = t.max_steps or max(1, math.ceil(s.epochs * len(rows) / s.batch_size))
-    if dist_info.rank == 0:
-        atomic_write_text(run_dir / "config.toml", cfg.to_toml())
-    trainer = Trainer(model=model, objective=LanguageModeling(), data=data, cfg=cfg, run_dir=run_dir,
-                      total_steps=steps, seq_len=seq_len, accum=accum, dist_info=dist_info, evaluate=evaluate,
-                      stage="sft", model_args=args, extra_state={"model_args": args.to_dict(), "tokenizer": str(tok_path)})
-    resumed = trainer.resume() if resume else False
-    say(f"sft: {args.num_params() / 1e6:.2f}M parameters from {cfg.model.init_from}; {steps} steps of "
-        f"{s.batch_size} rows ({t.micro_batch} x {accum} accumulation), {steps * s.batch_size / len(rows):.2f} epochs, "
-        f"lr {t.lr:g} cosine to {t.min_lr_ratio:g}x, {t.dtype} on {device}"
-        + (f"; resumed at step {trainer.step}" if resumed else ""))
+    ctx.write_config(cfg)
+    trainer = Trainer(model=model, objective=LanguageModeling(), data=data, cfg=cfg, run_dir=ctx.run_dir,
+                      total_steps=steps, seq_len=seq_len, accum=accum, dist_info=ctx.dist, evaluate=evaluate,
+                      stage="sft", model_args=args,
+                      extra_state={"model_args": args.to_dict(), "tokenizer": str(tok.model_path)})
+    resumed = trainer.resume() if ctx.resume else False
+    ctx.say(f"sft: {args.num_params() / 1e6:.2f}M parameters from {cfg.model.init_from}; {steps} steps of "
+            f"{s.batch_size} rows ({t.micro_batch} x {accum} accumulation), {steps * s.batch_size / len(rows):.2f} "
+            f"epochs, lr {t.lr:g} cosine to {t.min_lr_ratio:g}x, {t.dtype} on {ctx.device}"
+            + (f"; resumed at step {trainer.step}" if resumed else ""))
     start = time.perf_counter()
     out_rows = trainer.fit()
     seconds = time.perf_counter() - start
@@ -220,16 +208,20 @@ def sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, quiet: bool =
                "packing": st, "final_train_loss": next((r["loss"] for r in reversed(out_rows) if "split" not in r), None),
                "val_loss_before": val[0]["loss"] if val else None, "val_loss_after": val[-1]["loss"] if val else None,
                "model_args": args.to_dict()}
-    if dist_info.rank == 0:
-        save_model(model, run_dir / "model", tokenizer_path=tok_path)
-        if s.data == PROVING_GROUND and s.eval_n:
-            from camelid.tasks import evaluate as pg_evaluate
-            report = pg_evaluate(model.eval(), tok, split="test", n=s.eval_n, seed=0, gatt_dialogs=s.eval_gatt)
-            atomic_write_json(run_dir / "eval.json", report)
-            summary["eval"] = {k: report[k] for k in ("accuracy", "tasks", "refusal_rate", "over_refusal_rate",
-                                                      "gatt_adherence", "gatt_adherence_3plus")}
-        atomic_write_json(run_dir / "summary.json", summary)
-    return summary
+    if ctx.is_main and s.data == PROVING_GROUND and s.eval_n:
+        from camelid.tasks import evaluate as pg_evaluate
+        report = pg_evaluate(model.eval(), tok, split="test", n=s.eval_n, seed=0, gatt_dialogs=s.eval_gatt)
+        atomic_write_json(ctx.run_dir / "eval.json", report)
+        summary["eval"] = {k: report[k] for k in ("accuracy", "tasks", "refusal_rate", "over_refusal_rate",
+                                                  "gatt_adherence", "gatt_adherence_3plus")}
+    return ctx.finish(model, tok.model_path, summary)
+
+
+SFT = Stage("sft", SFTConfig, sft_body, needs="which model to fine-tune? pass --model CKPT")
+
+
+def sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
+    return run_stage(SFT, cfg, run_dir, resume=resume, quiet=quiet)
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
@@ -237,11 +229,11 @@ def sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, quiet: bool =
 def add_arguments(p) -> None:
     p.description = ("Supervised fine-tuning of a chat model (Llama-2 §3.1): loss on assistant answers only, "
                      "dialogs packed into full rows, cosine LR from 2e-5, batch 64, 2 epochs. Settings: "
-                     "camelid/configs/sft.toml (or --config), then the flags below, then --set.")
+                     "SFTConfig's defaults, then --config, then the flags below, then --set.")
     p.add_argument("--model", required=False, help="checkpoint to fine-tune (camelid, Hugging Face or Meta format)")
     p.add_argument("--data", default=None,
                    help="JSONL file(s) (messages or prompt/response), comma-separated, or 'proving-ground'")
-    p.add_argument("--config", default=None, help="recipe file or name (default: sft)")
+    p.add_argument("--config", default=None, help="recipe file or name (default: Llama-2's settings, SFTConfig)")
     p.add_argument("--out", default="runs/sft", help="run directory")
     p.add_argument("--epochs", type=float, default=None)
     p.add_argument("--max-steps", type=int, default=None, help="override the steps derived from the epochs")
@@ -252,20 +244,9 @@ def add_arguments(p) -> None:
 
 
 def config_from_args(args) -> SFTConfig:
-    over = []
-    if args.model:
-        over.append(f"model.init_from={args.model}")
-    if args.data:
-        over.append(f"sft.data={args.data}")
-    if args.epochs is not None:
-        over.append(f"sft.epochs={args.epochs}")
-    if args.max_steps is not None:
-        over.append(f"train.max_steps={args.max_steps}")
-    if args.gatt is not None:
-        over.append(f"sft.gatt={args.gatt}")
-    saved = Path(args.out) / "config.toml"
-    path = args.config or (saved if args.resume and saved.exists() else "sft")
-    return load_sft_config(path, over + list(args.overrides))
+    flags = {"model.init_from": args.model, "sft.data": args.data, "sft.epochs": args.epochs,
+             "train.max_steps": args.max_steps, "sft.gatt": args.gatt}
+    return stage_config(SFT, args.config, flag_overrides(flags) + list(args.overrides), args.out, args.resume)
 
 
 def run(args) -> int:
