@@ -32,9 +32,10 @@ def main():
     p.add_argument("--set", dest="overrides", action="append", default=[])
     a = p.parse_args()
     from camelid.checkpoint import load_model
-    from camelid.data.preferences import proving_ground_pairs, save_pairs
+    from camelid.data.preferences import save_pairs
     from camelid.tokenizer import Tokenizer
     from camelid.train.reward import load_rm_config, train_reward_model
+    from camelid.train.rm_pairs import proving_ground_pairs
 
     out = Path(a.out)
     results = {}

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import torch
 
+from camelid.dtypes import DTYPES
 from camelid.errors import CamelidError
 from camelid.fsutil import atomic_dir
 from camelid.model import ModelArgs, Transformer
+from camelid.reward_model import RewardModel
 
 
 class CheckpointError(CamelidError, ValueError):
@@ -456,7 +458,6 @@ def _save_meta(sd, args: ModelArgs, out: Path, shards: int) -> None:
 
 def model_class(kind: str):
     if kind == "reward":
-        from camelid.reward_model import RewardModel
         return RewardModel
     return Transformer
 
@@ -562,10 +563,6 @@ def convert(src, dst, to: str, dtype: torch.dtype | None = None, shards: int = 1
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
-
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
-
 
 def add_arguments(p) -> None:
     p.description = ("Convert a checkpoint directory between camelid, Hugging Face and Meta formats. "

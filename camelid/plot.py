@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from camelid.errors import CamelidError
-from camelid.train.metrics import read_metrics
+from camelid.runlog import read_metrics
 
 
 def plot_runs(run_dirs: list[str | Path], out: str | Path, title: str = "Training loss", key: str = "loss",

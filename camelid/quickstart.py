@@ -226,7 +226,7 @@ def run_step(step: Step, out: Path, smoke: bool, routed: dict, timings: dict) ->
 
 def pretrain_step(step: Step, cfg, run: Path) -> dict:
     from camelid.plot import plot_runs
-    from camelid.train.metrics import read_metrics
+    from camelid.runlog import read_metrics
     from camelid.train.pretrain import pretrain
 
     summary = pretrain(cfg, run, resume=True)

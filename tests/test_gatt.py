@@ -2,8 +2,9 @@
 turns, answers sampled with the instruction in every turn and kept only when they adhere."""
 
 from camelid.chat_format import encode_dialog_with_mask
-from camelid.data.gatt import build_gatt, gatt_answers, gatt_sample
+from camelid.data.gatt import gatt_sample
 from camelid.tasks import INSTRUCTIONS, judge_adherence, make_instruction_dialogs
+from camelid.train.gatt_answers import build_gatt, gatt_answers
 from tests.test_sft_data import WordTok
 
 

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from camelid.checkpoint import load_model, save_model
-from camelid.data.preferences import load_pairs, rating_for_gap
+from camelid.data.preferences import load_pairs
 from camelid.errors import CamelidError
 from camelid.model import ModelArgs, Transformer
 from camelid.reward_model import MARGINS, RewardModel, combined_reward, ranking_loss, whiten
 from camelid.train.reward import accuracy_by_rating, fit_calibration
+from camelid.train.rm_pairs import rating_for_gap
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, ffn_hidden_dim=128, max_seq_len=64)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from camelid.chat_format import ChatFormatError, encode_dialog_with_mask, normalize_dialog
 from camelid.errors import CamelidError
 from camelid.fsutil import iter_jsonl
 
@@ -40,8 +41,6 @@ class ChatDataError(CamelidError, ValueError):
 
 def parse_record(rec, where: str) -> list[dict]:
     """One JSONL record -> a list of {"role", "content"} messages (a checked dialog)."""
-    from camelid.chat_format import ChatFormatError, normalize_dialog
-
     if not isinstance(rec, dict):
         raise ChatDataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
     if "messages" in rec:
@@ -80,8 +79,6 @@ def load_chat_jsonl(path: str | Path) -> list[list[dict]]:
 
 def encode_samples(tokenizer, dialogs, last_turn_only: bool = False) -> list[tuple[list[int], list[int]]]:
     """(ids, mask) per dialog: the Llama-2 chat format, mask 1 on assistant answers and their EOS."""
-    from camelid.chat_format import encode_dialog_with_mask
-
     return [encode_dialog_with_mask(tokenizer, d, last_turn_only=last_turn_only) for d in dialogs]
 
 

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import torch
 
+from camelid.dtypes import DTYPES
 from camelid.errors import CamelidError
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
 
 
 def add_model_arguments(p) -> None:

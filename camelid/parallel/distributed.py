@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from camelid.parallel.ac import apply_ac
 from camelid.parallel.compile import apply_compile
+from camelid.parallel.dist_info import DistInfo
 from camelid.parallel.fsdp import apply_fsdp
 from camelid.parallel.mesh import ParallelDims, build_mesh
 from camelid.parallel.tp import apply_tp
@@ -46,8 +47,6 @@ def distributed_session(cfg):
 
 def parallelize_model(model, mesh, dp_mesh, dims: ParallelDims, activation_checkpointing="none", compile=False,
                       param_dtype=None, loss_parallel=False):
-    from camelid.train.loop import DistInfo
-
     if dims.tp > 1:
         apply_tp(model, mesh["tp"], loss_parallel=loss_parallel)
     apply_ac(model, activation_checkpointing)

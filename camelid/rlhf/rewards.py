@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from camelid.chat_format import encode_dialog_with_mask
 from camelid.data.padding import pad_right
+from camelid.errors import CamelidError
+from camelid.fsutil import iter_jsonl
 from camelid.reward_model import RewardModel, combined_reward
+from camelid.tasks import make_dialogs
 from camelid.train.stage import flag_overrides
 
 
@@ -22,14 +27,7 @@ class Prompt:
 def load_prompts(spec: str, split: str = "train", n: int = 256, seed: int = 0) -> list[Prompt]:
     """`proving-ground` (its train or test split) or a JSONL file of {"messages"|"prompt", "is_safety"?}."""
     if spec == "proving-ground":
-        from camelid.tasks import make_dialogs
-
         return [Prompt(ex.messages, ex.kind == "safety", ex) for ex in make_dialogs(split, n, seed=seed)]
-    from pathlib import Path
-
-    from camelid.errors import CamelidError
-    from camelid.fsutil import iter_jsonl
-
     if not Path(spec).is_file():
         raise CamelidError(f"{spec}: prompts file not found (or use 'proving-ground')")
     out = []
@@ -57,8 +55,6 @@ class RewardScorer:
         self.batch_size = batch_size
 
     def _encode(self, prompts: list[Prompt], answers: list[str]) -> list[list[int]]:
-        from camelid.chat_format import encode_dialog_with_mask
-
         return [encode_dialog_with_mask(self.tok, p.messages + [{"role": "assistant", "content": a}])[0][-self.max_len:]
                 for p, a in zip(prompts, answers)]
 

@@ -8,8 +8,11 @@ import math
 from pathlib import Path
 
 from camelid.errors import CamelidError
+from camelid.plot import save_figure
+from camelid.scaling import sweep
+from camelid.scaling.inference import inference_table, total_flops
 from camelid.scaling.laws import (CHINCHILLA_TABLE3, LAWS, METHODS, ParametricLaw, compute_optimal,
-                                  fmt_count, parse_count)
+                                  fmt_count, parse_count, print_json)
 
 # models the docs and plots mark: (label, params, tokens)
 LLAMA_RUNS = [
@@ -18,16 +21,6 @@ LLAMA_RUNS = [
     ("Llama-2 7B", 6_738_415_616, 2.0e12), ("Llama-2 13B", 13_015_864_320, 2.0e12),
     ("Llama-2 70B", 68_976_648_192, 2.0e12), ("Chinchilla 70B", 70e9, 1.4e12),
 ]
-
-
-def _json(obj) -> None:
-    def default(o):
-        if isinstance(o, Path):
-            return str(o)
-        if hasattr(o, "item"):
-            return o.item()
-        raise TypeError(type(o))
-    print(json.dumps(obj, indent=2, default=default))
 
 
 def load_law(name: str) -> ParametricLaw:
@@ -89,7 +82,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--save", metavar="JSON", help="write the fitted law (for `serve-aware --law FILE`)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    from camelid.scaling import sweep
     p = sub.add_parser("sweep", formatter_class=fmt,
                        help="train a grid of tiny models with `camelid pretrain` and fit them")
     sweep.add_arguments(p)
@@ -113,7 +105,6 @@ def run(args) -> int:
     if args.action == "fit":
         return run_fit(args)
     if args.action == "sweep":
-        from camelid.scaling import sweep
         return sweep.run(args)
     if args.action == "serve-aware":
         return run_serve_aware(args)
@@ -196,7 +187,6 @@ def plot_optimal(path: str | Path) -> Path:
                  "smaller than compute-optimal, trained on more tokens", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
-    from camelid.plot import save_figure
     return save_figure(fig, path)
 
 
@@ -214,7 +204,7 @@ def run_optimal(args) -> int:
     if args.plot:
         out["plot"] = str(plot_optimal(args.plot))
     if args.json:
-        _json(out)
+        print_json(out)
         return 0
     if "table3" in out:
         print(_table3_text(out["table3"]))
@@ -228,56 +218,13 @@ def run_optimal(args) -> int:
 # ------------------------------------------------------------------------------------------ fit
 
 
-def _default_plot_path(runs: list[Path], csvs: list[str]) -> Path:
-    if runs:
-        parents = {r.resolve().parent for r in runs}
-        base = parents.pop() if len(parents) == 1 else Path(".")
-    else:
-        base = Path(csvs[0]).resolve().parent
-    return base / "isoflops.png"
-
-
 def run_fit(args) -> int:
     from camelid.scaling import fit
 
-    if not args.runs and not args.csv:
-        raise CamelidError("give run directories (or --csv FILE) to fit")
-    runs = fit.find_runs(args.runs) if args.runs else []
-    points = []
-    for r in runs:
-        points.extend(fit.read_run(r, point=args.point, params=args.count))
-    for c in args.csv:
-        points.extend(fit.read_points_file(c))
-    result = fit.fit_points(points, delta=args.delta, bootstrap=args.bootstrap)
-    budgets = ([parse_count(x, "budget") for x in args.budgets.split(",")] if args.budgets
-               else fit.default_budgets(points))
-    front = fit.frontier(result.law, budgets)
-    iso = fit.isoflop_minima(points)
-    out = {"fit": result.to_dict(), "frontier": front, "isoflop_minima": iso, "runs": [str(r) for r in runs],
-           "points": [{"params": p.params, "tokens": p.tokens, "loss": p.loss, "run": p.run, "step": p.step,
-                       "predicted": float(result.law.loss(p.params, p.tokens))} for p in points],
-           "point": args.point, "count": args.count}
-    if not args.no_plot:
-        path = Path(args.plot) if args.plot else _default_plot_path(runs, args.csv)
-        out["plot"] = str(fit.plot_isoflops(result.law, points, path, minima=iso))
-    if args.save:
-        Path(args.save).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.save).write_text(json.dumps({"law": result.law.params(), "fit": result.to_dict()}, indent=2) + "\n")
-        out["saved"] = args.save
-    if args.json:
-        _json(out)
-        return 0
-    print(f"{len(points)} points from {len(runs)} runs" + (f" and {len(args.csv)} CSV files" if args.csv else "")
-          + f" (--point {args.point}, N = {args.count} parameters)")
-    print(fit.describe_fit(result))
-    print("compute-optimal frontier of the fit (extrapolated beyond the largest run):")
-    print(fit.describe_frontier(front))
-    print(fit.describe_isoflop_minima(iso))
-    if "plot" in out:
-        print(f"wrote {out['plot']}")
-    if args.save:
-        print(f"saved the law to {args.save}")
-    return 0
+    budgets = [parse_count(x, "budget") for x in args.budgets.split(",")] if args.budgets else None
+    return fit.run_fit(args.runs, args.csv, point=args.point, count=args.count, delta=args.delta,
+                       bootstrap=args.bootstrap, budgets=budgets, plot=args.plot, draw=not args.no_plot,
+                       save=args.save, as_json=args.json)
 
 
 # ------------------------------------------------------------------------------------------ serve-aware
@@ -323,8 +270,6 @@ def plot_serve_aware(law: ParametricLaw, t: dict, path: str | Path, ref_label: s
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from camelid.scaling.inference import total_flops
-
     target = t["target_loss"]
     n_floor = (law.A / (target - law.E)) ** (1 / law.alpha)
     co = t["compute_optimal"]["params"]
@@ -351,13 +296,10 @@ def plot_serve_aware(law: ParametricLaw, t: dict, path: str | Path, ref_label: s
     ax.set_title(f"Cheapest model for loss {target:.3f} ({law.name} law): stars are the optima", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
-    from camelid.plot import save_figure
     return save_figure(fig, path)
 
 
 def run_serve_aware(args) -> int:
-    from camelid.scaling.inference import inference_table
-
     law = load_law(args.law)
     reference, ref_label = None, None
     if args.loss is not None:
@@ -381,7 +323,7 @@ def run_serve_aware(args) -> int:
     if args.plot:
         t["plot"] = str(plot_serve_aware(law, t, args.plot, ref_label))
     if args.json:
-        _json(t)
+        print_json(t)
         return 0
     print(_serve_aware_text(t, law, ref_label))
     if args.plot:

@@ -36,7 +36,9 @@ import numpy as np
 import torch
 
 from camelid.errors import CamelidError
-from camelid.scaling.laws import FLOPS_PER_PARAM_TOKEN, ParametricLaw, fmt_count
+from camelid.plot import save_figure
+from camelid.runlog import METRICS_FILE, read_metrics
+from camelid.scaling.laws import FLOPS_PER_PARAM_TOKEN, ParametricLaw, fmt_count, print_json
 
 # --------------------------------------------------------------------------------------------------
 # reading runs
@@ -53,28 +55,6 @@ class Point:
     @property
     def flops(self) -> float:
         return FLOPS_PER_PARAM_TOKEN * self.params * self.tokens
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise CamelidError(f"{path}: no such file")
-    while lines and not lines[-1].strip():
-        lines.pop()
-    rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines):  # a run killed mid-write leaves a partial last line
-                break
-            raise CamelidError(f"{path}:{i}: not a JSON object")
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 def _run_params(run: Path, which: str) -> float:
@@ -105,10 +85,10 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
     """Each path is a run directory (holds metrics.jsonl) or a folder of run directories."""
     runs = []
     for p in map(Path, paths):
-        if (p / "metrics.jsonl").exists():
+        if (p / METRICS_FILE).exists():
             runs.append(p)
         elif p.is_dir():
-            sub = sorted(q.parent for q in p.glob("*/metrics.jsonl"))
+            sub = sorted(q.parent for q in p.glob(f"*/{METRICS_FILE}"))
             if not sub:
                 raise CamelidError(f"{p}: no metrics.jsonl in it or in its subfolders")
             runs.extend(sub)
@@ -124,7 +104,9 @@ def read_run(run: str | Path, point: str = "final", params: str = "total") -> li
         raise CamelidError(f"--point must be final, best or all, not {point!r}")
     if params not in ("total", "non-embedding"):
         raise CamelidError(f"--params must be total or non-embedding, not {params!r}")
-    rows = _read_jsonl(run / "metrics.jsonl")
+    if not (run / METRICS_FILE).is_file():
+        raise CamelidError(f"{run / METRICS_FILE}: no such file")
+    rows = read_metrics(run)
     n = _run_params(run, params)
     tokens_at_step = {r["step"]: r["tokens"] for r in rows if r.get("split") in (None, "train")
                       and "step" in r and "tokens" in r}
@@ -449,7 +431,6 @@ def plot_isoflops(law: ParametricLaw, points: list[Point], path: str | Path, bud
     ax2.set_title("compute-optimal frontier")
     ax2.legend(fontsize=8)
     ax2.grid(True, which="major", alpha=0.3)
-    from camelid.plot import save_figure
     return save_figure(fig, path)
 
 
@@ -473,3 +454,63 @@ def describe_frontier(rows: list[dict]) -> str:
         out.append(f"  {r['flops']:>10.3g} {fmt_count(r['params']):>9} {fmt_count(r['tokens']):>9} "
                    f"{r['tokens_per_param']:>9.1f} {r['loss']:>7.4f}")
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# `camelid scaling fit` and the end of `camelid scaling sweep`
+
+
+def default_plot_path(runs: list[Path], csvs: list[str | Path]) -> Path:
+    """isoflops.png in the folder that holds the runs (or the first CSV)."""
+    if runs:
+        parents = {r.resolve().parent for r in runs}
+        base = parents.pop() if len(parents) == 1 else Path(".")
+    else:
+        base = Path(csvs[0]).resolve().parent
+    return base / "isoflops.png"
+
+
+def run_fit(runs: list[str | Path], csvs: list[str | Path] = (), *, point: str = "final", count: str = "total",
+            delta: float = 1e-3, bootstrap: int = 0, budgets: list[float] | None = None,
+            plot: str | Path | None = None, draw: bool = True, save: str | Path | None = None,
+            as_json: bool = False) -> int:
+    """Fit the law to run directories (or folders of them) and CSV points; print the fit, its frontier
+    over `budgets` (default: decades over the runs) and the IsoFLOP minima, or all of it as JSON.
+    `plot`: the IsoFLOP figure (default: isoflops.png beside the runs; none unless `draw`);
+    `save`: a JSON file with the fitted law."""
+    if not runs and not csvs:
+        raise CamelidError("give run directories (or --csv FILE) to fit")
+    found = find_runs(runs) if runs else []
+    points = []
+    for r in found:
+        points.extend(read_run(r, point=point, params=count))
+    for c in csvs:
+        points.extend(read_points_file(c))
+    result = fit_points(points, delta=delta, bootstrap=bootstrap)
+    front = frontier(result.law, budgets or default_budgets(points))
+    iso = isoflop_minima(points)
+    out = {"fit": result.to_dict(), "frontier": front, "isoflop_minima": iso, "runs": [str(r) for r in found],
+           "points": [{"params": p.params, "tokens": p.tokens, "loss": p.loss, "run": p.run, "step": p.step,
+                       "predicted": float(result.law.loss(p.params, p.tokens))} for p in points],
+           "point": point, "count": count}
+    if draw:
+        path = Path(plot) if plot else default_plot_path(found, csvs)
+        out["plot"] = str(plot_isoflops(result.law, points, path, minima=iso))
+    if save:
+        Path(save).parent.mkdir(parents=True, exist_ok=True)
+        Path(save).write_text(json.dumps({"law": result.law.params(), "fit": result.to_dict()}, indent=2) + "\n")
+        out["saved"] = str(save)
+    if as_json:
+        print_json(out)
+        return 0
+    print(f"{len(points)} points from {len(found)} runs" + (f" and {len(csvs)} CSV files" if csvs else "")
+          + f" (--point {point}, N = {count} parameters)")
+    print(describe_fit(result))
+    print("compute-optimal frontier of the fit (extrapolated beyond the largest run):")
+    print(describe_frontier(front))
+    print(describe_isoflop_minima(iso))
+    if "plot" in out:
+        print(f"wrote {out['plot']}")
+    if save:
+        print(f"saved the law to {save}")
+    return 0

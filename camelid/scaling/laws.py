@@ -24,9 +24,11 @@ not predict the loss of a model trained on other data.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from camelid.errors import CamelidError
 
@@ -74,6 +76,17 @@ def fmt_count(x: float, digits: int = 3) -> str:
 
 def fmt_flops(x: float) -> str:
     return f"{x:.3g}"
+
+
+def print_json(obj) -> None:
+    """Print a command's result as JSON (paths as strings, numpy and torch scalars as numbers)."""
+    def default(o):
+        if isinstance(o, Path):
+            return str(o)
+        if hasattr(o, "item"):
+            return o.item()
+        raise TypeError(type(o))
+    print(json.dumps(obj, indent=2, default=default))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from camelid.errors import CamelidError
+from camelid.scaling.laws import fmt_count
 
 GIB = 2 ** 30
 
@@ -246,8 +247,6 @@ def plan_run(args, *, model_name: str, tokens: float, gpus: int, gpu: str = "a10
 
 
 def describe_plan(p: Plan) -> str:
-    from camelid.scaling.laws import fmt_count
-
     attn = "flash attention" if p.flash else "eager attention"
     lines = [
         f"plan: {p.model} ({p.n_params:,} params) on {fmt_count(p.tokens)} tokens, "

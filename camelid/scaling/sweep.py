@@ -159,8 +159,7 @@ def run(args) -> int:
         proc = subprocess.run(c)
         if proc.returncode != 0:
             raise CamelidError(f"run {r['name']} failed (exit {proc.returncode}); rerun the sweep to resume")
-    from camelid.scaling.cli import run_fit
-    fit_args = argparse.Namespace(runs=[str(out)], csv=[], point=args.point, count=args.count, delta=1e-3,
-                                  bootstrap=0, budgets=None, plot=str(out / "isoflops.png"), no_plot=False,
-                                  save=str(out / "law.json"), json=args.json)
-    return run_fit(fit_args)
+    from camelid.scaling.fit import run_fit  # torch, for the fit: only once the runs are done
+
+    return run_fit([out], point=args.point, count=args.count, plot=out / "isoflops.png", save=out / "law.json",
+                   as_json=args.json)

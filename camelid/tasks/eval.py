@@ -12,7 +12,10 @@ import json
 import time
 from pathlib import Path
 
+from camelid.chat_format import encode_dialog
 from camelid.errors import CamelidError
+from camelid.tasks import TASKS, is_refusal, judge_helpful, judge_safety, make_dialogs, make_instruction_dialogs
+from camelid.tasks.instructions import judge_adherence
 
 
 def _answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float, seed: int,
@@ -27,8 +30,6 @@ def _answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, te
 def answer_examples(model, tokenizer, examples, max_new_tokens: int = 24, temperature: float = 0.0, seed: int = 0,
                     top_p: float = 1.0) -> list[str]:
     """The model's answers to proving-ground Examples (chat format; '' where a prompt does not fit)."""
-    from camelid.chat_format import encode_dialog
-
     limit = model.args.max_seq_len - max_new_tokens
     prompts = [encode_dialog(tokenizer, ex.messages) for ex in examples]
     fits = [i for i, p in enumerate(prompts) if len(p) <= limit]
@@ -41,9 +42,6 @@ def answer_examples(model, tokenizer, examples, max_new_tokens: int = 24, temper
 
 def gatt_adherence(model, tokenizer, dialogs, max_new_tokens: int = 24, seed: int = 0) -> tuple[dict, list]:
     """Adherence rate per turn {1: r1, 2: r2, ...}: the instruction is the system message of turn 1 only."""
-    from camelid.chat_format import encode_dialog
-    from camelid.tasks.instructions import judge_adherence
-
     limit = model.args.max_seq_len - max_new_tokens
     answers: list[list[str]] = [[] for _ in dialogs]
     alive = list(range(len(dialogs)))
@@ -67,8 +65,6 @@ def gatt_adherence(model, tokenizer, dialogs, max_new_tokens: int = 24, seed: in
 def evaluate(model, tokenizer, split: str = "test", n: int = 180, seed: int = 0, gatt_dialogs: int = 24,
              gatt_turns: int = 5, max_new_tokens: int = 24, tasks: list[str] | None = None,
              keep_answers: bool = False) -> dict:
-    from camelid.tasks import TASKS, is_refusal, judge_helpful, judge_safety, make_dialogs, make_instruction_dialogs
-
     t0 = time.perf_counter()
     examples = make_dialogs(split, n, seed, tasks=tasks)
     answers = answer_examples(model, tokenizer, examples, max_new_tokens)
@@ -116,8 +112,6 @@ def evaluate(model, tokenizer, split: str = "test", n: int = 180, seed: int = 0,
 
 
 def format_report(report: dict, title: str = "") -> str:
-    from camelid.tasks import TASKS
-
     pct = lambda x: "  -  " if x is None else f"{100 * x:5.1f}%"  # noqa: E731
     lines = [title] if title else []
     lines.append(f"{'task':<12}{'level':<8}{'accuracy':>10}{'score':>9}")
@@ -134,8 +128,6 @@ def format_report(report: dict, title: str = "") -> str:
 
 def compare_table(reports: dict[str, dict]) -> str:
     """Accuracy per task of several models side by side (e.g. base and SFT)."""
-    from camelid.tasks import TASKS
-
     names = list(reports)
     pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
     lines = [f"{'task':<12}" + "".join(f"{n:>10}" for n in names)]
@@ -171,7 +163,6 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from camelid.checkpoint import load_model
-    from camelid.tasks import TASKS
     from camelid.tokenizer import Tokenizer
 
     tasks = None

@@ -23,15 +23,14 @@ from typing import Callable, Protocol
 import torch
 import torch.distributed as dist
 
+from camelid.dtypes import DTYPES
 from camelid.errors import CamelidError
+from camelid.parallel.dist_info import DistInfo
 from camelid.train import checkpointing as ckpt
 from camelid.train.malloc import keep_freed_memory
 from camelid.train.metrics import MetricsLog, flops_per_token, peak_flops
 from camelid.train.optim import build_optimizer, lr_at
 from camelid.train.profiling import StepProfiler
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
 
 class Dataset(Protocol):
     def fetch(self, indices: list[int]) -> dict[str, torch.Tensor]: ...
@@ -45,24 +44,6 @@ class Objective(Protocol):
 
 class TrainingDiverged(CamelidError):
     pass
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    dp_rank: int = 0  # which slice of the data this rank takes
-    dp_world: int = 1
-    grad_average: bool = False  # True when the wrapper averages gradients over dp ranks (FSDP/DDP)
-    dp_group: object = None
-    loss_parallel: bool = False  # logits come vocabulary-sharded: loss and backward run under loss_parallel()
-
-    @classmethod
-    def current(cls) -> "DistInfo":
-        if not dist.is_initialized():
-            return cls()
-        r, w = dist.get_rank(), dist.get_world_size()
-        return cls(rank=r, world=w, dp_rank=r, dp_world=w)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from camelid.fsutil import atomic_write_text
+from camelid.runlog import METRICS_FILE, read_metrics  # noqa: F401  (read_metrics: read back what MetricsLog wrote)
 
 # Dense bf16 peak FLOP/s (no sparsity) of the usual training GPUs.
 GPU_PEAK_BF16 = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
@@ -52,7 +53,7 @@ class MetricsLog:
     """Appends one JSON object per line to RUN_DIR/metrics.jsonl (and TensorBoard if asked)."""
 
     def __init__(self, run_dir: Path, resume_step: int | None = None, tensorboard: bool = False, enabled=True):
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / METRICS_FILE
         self.enabled = enabled
         if enabled and resume_step is not None and self.path.exists():
             # Rows written after the checkpoint we resume from will be written again: drop them.
@@ -83,10 +84,3 @@ class MetricsLog:
     def close(self):
         if self.tb is not None:
             self.tb.close()
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

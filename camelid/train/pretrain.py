@@ -19,7 +19,8 @@ import torch
 from camelid.checkpoint import load_model
 from camelid.config import Config, ConfigError, accumulation_steps, model_args_from
 from camelid.model import Transformer
-from camelid.train.loop import DistInfo, Trainer
+from camelid.parallel.dist_info import DistInfo
+from camelid.train.loop import Trainer
 from camelid.train.objectives import LanguageModeling
 from camelid.train.stage import RunContext, Stage, flag_overrides, run_stage, stage_config
 

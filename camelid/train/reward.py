@@ -26,13 +26,14 @@ from pathlib import Path
 import torch
 
 from camelid.config import CheckpointConfig, ConfigError, LogConfig, StageConfig, TrainConfig, load_config
-from camelid.data.preferences import PreferencePair, load_pairs, pairs_hash, proving_ground_pairs, rating_counts, \
-    save_pairs
+from camelid.data.preferences import PreferencePair, load_pairs, pairs_hash, rating_counts, save_pairs
 from camelid.data.padding import pad_right
 from camelid.errors import CamelidError
 from camelid.fsutil import atomic_write_text
+from camelid.plot import save_figure
 from camelid.reward_model import MARGINS, RATINGS, RewardModel, ranking_loss
 from camelid.train.loop import Trainer
+from camelid.train.rm_pairs import proving_ground_pairs
 from camelid.train.stage import RunContext, Stage, flag_overrides, run_stage, stage_config
 
 PROVING_GROUND = "proving-ground"
@@ -228,7 +229,6 @@ def plot_scores(chosen: torch.Tensor, rejected: torch.Tensor, out: Path, title: 
     ax.set_ylabel("responses")
     ax.set_title(title)
     ax.legend()
-    from camelid.plot import save_figure
     return save_figure(fig, out)
 
 

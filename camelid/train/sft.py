@@ -106,7 +106,7 @@ def proving_ground_samples(tokenizer, s: SFTSection, log=print) -> tuple[list, d
 
 
 def gatt_samples(tokenizer, s: SFTSection, model=None) -> tuple[list, dict]:
-    from camelid.data.gatt import build_gatt, model_answerer
+    from camelid.train.gatt_answers import build_gatt, model_answerer
     from camelid.tasks import make_instruction_dialogs
 
     if not s.gatt:

@@ -28,8 +28,9 @@ import torch
 from camelid.config import ConfigError, load_config
 from camelid.errors import CamelidError
 from camelid.fsutil import atomic_write_json, atomic_write_text
+from camelid.parallel.dist_info import DistInfo
 from camelid.train import checkpointing as ckpt
-from camelid.train.loop import DistInfo, resolve_device
+from camelid.train.loop import resolve_device
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,38 @@
+"""Reading a run directory's metrics.jsonl (one JSON object per logged step; eval rows carry "split").
+
+A leaf of the core: plots, the scaling fits and the stages read runs through it without importing the
+training code that writes them (camelid.train.metrics.MetricsLog).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from camelid.errors import CamelidError
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of RUN_DIR/metrics.jsonl, [] when there is none. A partial last line (a run killed
+    mid-write, or still running) is left out; a line that is not JSON anywhere else is an error."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines):
+                break
+            raise CamelidError(f"{path}:{i}: not a JSON object") from None
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
