@@ -21,16 +21,15 @@ def main():
     p.add_argument("--out", default="runs/rlhf-bench")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     a = p.parse_args()
-    from camelid.checkpoint import load_model
+    from camelid.checkpoint import load_checkpoint, load_model
     from camelid.report_card import measure_policy
     from camelid.rlhf.ppo import load_ppo_config, ppo
     from camelid.rlhf.rs import load_rs_config, load_scorer, rejection_sampling
-    from camelid.tokenizer import Tokenizer
 
     run, out = Path(a.run), Path(a.out)
     sft_dir, rm_h, rm_s = run / "sft" / "model", run / "rm-helpful" / "model", run / "rm-safety" / "model"
-    sft = load_model(sft_dir)
-    tok = Tokenizer(sft.tokenizer_path)
+    sft_ckpt = load_checkpoint(sft_dir)
+    sft, tok = sft_ckpt.model, sft_ckpt.tokenizer()
     scorer = load_scorer(str(rm_h), str(rm_s), tok, "cpu")
     rows = {"sft": [], "rs": [], "ppo": []}
     sft_row = measure_policy(sft, tok, scorer, sft, n=180, seed=0)

@@ -31,16 +31,15 @@ def main():
     p.add_argument("--kinds", nargs="+", default=["helpful", "safety"])
     p.add_argument("--set", dest="overrides", action="append", default=[])
     a = p.parse_args()
-    from camelid.checkpoint import load_model
+    from camelid.checkpoint import load_checkpoint, load_model
     from camelid.data.preferences import save_pairs
-    from camelid.tokenizer import Tokenizer
     from camelid.train.reward import load_rm_config, train_reward_model
     from camelid.train.rm_pairs import proving_ground_pairs
 
     out = Path(a.out)
     results = {}
-    sft = load_model(a.sft)
-    tok = Tokenizer(sft.tokenizer_path)
+    sft_ckpt = load_checkpoint(a.sft)
+    sft, tok = sft_ckpt.model, sft_ckpt.tokenizer()
     models = [sft, load_model(a.base)]
     rm_init = a.rm_init or a.sft
     base_cfg = load_rm_config("quickstart-rm", [f"model.init_from={rm_init}", "log.progress=false"] + a.overrides)

@@ -35,17 +35,16 @@ def main(argv=None) -> int:
 
     import torch
 
-    from camelid.checkpoint import load_model
+    from camelid.checkpoint import load_checkpoint, load_model
     from camelid.tasks import evaluate
-    from camelid.tokenizer import Tokenizer
     from camelid.train.sft import load_sft_config, sft
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"base": args.base, "seeds": args.seeds, "runs": []}
-    base_model = load_model(args.base)
-    tok = Tokenizer(base_model.tokenizer_path)
+    base_ckpt = load_checkpoint(args.base)
+    base_model, tok = base_ckpt.model, base_ckpt.tokenizer()
     for seed in args.seeds:
         row = {"seed": seed}
         ev = dict(split="test", n=args.n, seed=seed, gatt_dialogs=args.gatt_dialogs)

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -487,14 +488,41 @@ def load_state_dict(path: str | os.PathLike) -> tuple[ModelArgs, dict[str, torch
     return args, sd, info
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
-               dtype: torch.dtype | None = None) -> Transformer:
-    """Load a camelid, Hugging Face or Meta checkpoint directory into a `Transformer` (or a
-    `RewardModel`, when the checkpoint is one).
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model and what came with it, in one typed object."""
+    model: Transformer  # a RewardModel when kind == "reward"
+    path: Path
+    format: str  # camelid | hf | meta
+    kind: str  # lm | reward
+    tokenizer_path: Path | None  # the tokenizer.model beside the weights, if there is one
+
+    def tokenizer(self):
+        """The checkpoint's tokenizer, checked against the model's vocabulary."""
+        from camelid.tokenizer import Tokenizer
+
+        if self.tokenizer_path is None:
+            raise CheckpointError(f"{self.path}: no {TOKENIZER_FILE} beside the weights")
+        tok = Tokenizer(self.tokenizer_path)
+        if tok.vocab_size > self.model.args.vocab_size:
+            raise CheckpointError(f"{self.tokenizer_path} has {tok.vocab_size} pieces but the model in {self.path} "
+                                  f"only {self.model.args.vocab_size}: they do not belong together")
+        return tok
+
+    def save(self, path: str | os.PathLike, format: str = "camelid", **kw) -> Path:
+        """`save_model` with the tokenizer carried along."""
+        return save_model(self.model, path, format, tokenizer_path=self.tokenizer_path, **kw)
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None) -> Checkpoint:
+    """Load a camelid, Hugging Face or Meta checkpoint directory: the `Transformer` (or `RewardModel`, when
+    the checkpoint is one) with its format, kind and tokenizer.
 
     dtype None keeps the stored precision. The model is built on the meta device and takes the loaded
     tensors as its parameters, so no memory is spent on a throwaway initialisation.
     """
+    path = Path(path)
     args, sd, info = load_state_dict(path)
     sd = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in sd.items()}
     with torch.device("meta"):
@@ -502,9 +530,14 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     model.load_state_dict(sd, strict=True, assign=True)
     if info.get("calibration"):
         model.calibration = dict(info["calibration"])
-    tok = Path(path) / TOKENIZER_FILE
-    model.tokenizer_path = str(tok) if tok.exists() else None
-    return model.eval()
+    tok = path / TOKENIZER_FILE
+    return Checkpoint(model.eval(), path, detect_format(path), info["kind"], tok if tok.exists() else None)
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
+               dtype: torch.dtype | None = None) -> Transformer:
+    """The model of `load_checkpoint(path, device, dtype)`, for when nothing else of the checkpoint is needed."""
+    return load_checkpoint(path, device, dtype).model
 
 
 def save_model(model: Transformer, path: str | os.PathLike, format: str = "camelid",
@@ -515,13 +548,13 @@ def save_model(model: Transformer, path: str | os.PathLike, format: str = "camel
 
     format: "camelid", "hf" (loads in `transformers.LlamaForCausalLM.from_pretrained`, or
     LlamaForSequenceClassification for a reward model) or "meta" (`shards` model-parallel files). The
-    tokenizer (`tokenizer_path`, or the one the model was loaded with) is copied beside the weights.
+    tokenizer (`tokenizer_path`) is copied beside the weights.
     """
     if format not in ("camelid", "hf", "meta"):
         raise CheckpointError(f"unknown checkpoint format {format!r}; use camelid, hf or meta")
     sd = {k: v.detach().to("cpu", dtype=dtype or v.dtype) for k, v in _plain_state_dict(model).items()}
     info = {"kind": getattr(model, "kind", "lm"), "calibration": getattr(model, "calibration", None)}
-    return save_state_dict(sd, model.args, path, format, tokenizer_path or getattr(model, "tokenizer_path", None),
+    return save_state_dict(sd, model.args, path, format, tokenizer_path,
                            shards=shards, max_shard_bytes=max_shard_bytes, info=info)
 
 

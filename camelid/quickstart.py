@@ -263,17 +263,16 @@ def sft_step(step: Step, cfg, run: Path) -> dict:
 
 def base_eval(cfg, run: Path) -> dict:
     """The starting model on the held-out proving ground, as SFT's own evaluation measures it (kept in a file)."""
-    from camelid.checkpoint import load_model
+    from camelid.checkpoint import load_checkpoint
     from camelid.fsutil import atomic_write_json
     from camelid.tasks import evaluate
-    from camelid.tokenizer import Tokenizer
 
     path = run / "eval_base.json"
     if path.exists():
         return json.loads(path.read_text())
     s = cfg.sft
-    model = load_model(cfg.model.init_from)
-    base = evaluate(model, Tokenizer(model.tokenizer_path), split="test", n=s.eval_n, seed=0,
+    ckpt = load_checkpoint(cfg.model.init_from)
+    base = evaluate(ckpt.model, ckpt.tokenizer(), split="test", n=s.eval_n, seed=0,
                     gatt_dialogs=s.eval_gatt, gatt_turns=s.gatt_turns)
     atomic_write_json(path, base)
     return base
@@ -324,18 +323,17 @@ class StageTimes(dict):
 
 def stage_report_card(out: Path, smoke: bool, timings: dict) -> dict:
     """Measure base, SFT, RS, PPO and GAtt policies on the same held-out prompts; the RM row has the RMs' accuracy."""
-    from camelid.checkpoint import load_model
+    from camelid.checkpoint import load_checkpoint, load_model
     from camelid.report_card import measure_policy, write_report_card
     from camelid.rlhf.rs import load_scorer
-    from camelid.tokenizer import Tokenizer
 
     m = _models(out)
     cache = out / "report_card.json"
     if cache.exists() and cache.stat().st_mtime > max((m[k] / "config.json").stat().st_mtime for k in m):
         card = json.loads(cache.read_text())
     else:
-        sft_model = load_model(m["sft"])
-        tok = Tokenizer(sft_model.tokenizer_path)
+        sft = load_checkpoint(m["sft"])
+        sft_model, tok = sft.model, sft.tokenizer()
         scorer = load_scorer(str(m["rm-helpful"]), str(m["rm-safety"]), tok, "cpu")
         n = SMOKE["report_n"] if smoke else 180
         stages = []
@@ -363,11 +361,10 @@ def _sample(model_dir: Path, prompt: str, max_new_tokens: int = 40) -> str | Non
         from camelid.infer import generate
     except ImportError:
         return None
-    from camelid.checkpoint import load_model
-    from camelid.tokenizer import Tokenizer
+    from camelid.checkpoint import load_checkpoint
 
-    model = load_model(model_dir)
-    tok = Tokenizer(model.tokenizer_path)
+    ckpt = load_checkpoint(model_dir)
+    model, tok = ckpt.model, ckpt.tokenizer()
     ids = generate(model, [tok.encode(prompt, bos=True)], max_new_tokens=max_new_tokens, temperature=0.8,
                    top_p=0.95, seed=0, stop_ids=[tok.eos_id])[0]
     text = prompt + tok.decode(ids)

@@ -42,7 +42,6 @@ class RewardModel(Transformer):
         dev = lm.tok_embeddings.weight.device
         sd["reward_head.weight"] = torch.randn(1, lm.args.dim, device=dev) / math.sqrt(lm.args.dim + 1)
         rm.load_state_dict(sd, assign=True)
-        rm.tokenizer_path = getattr(lm, "tokenizer_path", None)
         return rm
 
     def token_scores(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 
-from camelid.checkpoint import CheckpointError, load_model, meta_params, save_model
+from camelid.checkpoint import CheckpointError, load_checkpoint, load_model, meta_params, save_model
 from camelid.model import ModelArgs, Transformer
 from tests.test_model import SMALL, hf_twin, tiny_model
 
@@ -117,8 +117,9 @@ def test_tokenizer_travels_with_weights(model, tmp_path):
     tok = tmp_path / "tokenizer.model"
     tok.write_bytes(b"not really a tokenizer, but it must be copied byte for byte")
     save_model(model, tmp_path / "a", tokenizer_path=tok)
-    loaded = load_model(tmp_path / "a")
-    save_model(loaded, tmp_path / "b", format="hf")
+    loaded = load_checkpoint(tmp_path / "a")
+    assert loaded.tokenizer_path == tmp_path / "a" / "tokenizer.model" and loaded.kind == "lm"
+    loaded.save(tmp_path / "b", format="hf")
     assert (tmp_path / "b" / "tokenizer.model").read_bytes() == tok.read_bytes()
     cfg = json.loads((tmp_path / "b" / "tokenizer_config.json").read_text())
     assert "[INST]" in cfg["chat_template"] and cfg["bos_token"] == "<s>"
@@ -244,3 +245,15 @@ def test_torch_load_always_weights_only():
     for f in root.rglob("*.py"):
         for call in re.findall(r"torch\.load\([^)]*\)", f.read_text()):
             assert "weights_only=True" in call, f"{f}: {call}"
+
+
+def test_checkpoint_object_checks_its_tokenizer(model, tmp_path):
+    import mistral_common
+
+    save_model(model, tmp_path / "bare")
+    with pytest.raises(CheckpointError, match="no tokenizer.model beside the weights"):
+        load_checkpoint(tmp_path / "bare").tokenizer()
+    big = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")  # 32,000 pieces
+    save_model(model, tmp_path / "mismatch", tokenizer_path=big)
+    with pytest.raises(CheckpointError, match="has 32000 pieces but the model .* only"):
+        load_checkpoint(tmp_path / "mismatch").tokenizer()

@@ -285,9 +285,10 @@ def ppo_body(cfg: PPOConfig, ctx: RunContext, scorer=None) -> dict:
     if scorer is None:
         helpful = load_model(p.reward_helpful, device=device, dtype=torch.float32)
         safety = load_model(p.reward_safety, device=device, dtype=torch.float32) if p.reward_safety else None
-        for name, m in (("ppo.reward_helpful", helpful), ("ppo.reward_safety", safety)):
+        for name, path, m in (("ppo.reward_helpful", p.reward_helpful, helpful),
+                              ("ppo.reward_safety", p.reward_safety, safety)):
             if m is not None and not isinstance(m, RewardModel):
-                raise ConfigError(f"{name}: {getattr(m, 'tokenizer_path', '')} is a language model, not a reward model")
+                raise ConfigError(f"{name}: {path} is a language model, not a reward model")
         value = ValueModel.from_reward_model(helpful)  # the critic starts as the helpfulness RM
         scorer = RewardScorer(frozen(helpful, rm_dtype), frozen(safety, rm_dtype) if safety else None, tok)
     else:

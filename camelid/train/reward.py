@@ -299,7 +299,7 @@ def rm_body(cfg: RMConfig, ctx: RunContext) -> dict:
     trainer = Trainer(model=model, objective=RankingObjective(), data=data, cfg=cfg, run_dir=run_dir,
                       total_steps=steps, accum=accum, dist_info=ctx.dist, evaluate=evaluate if val else None,
                       stage=f"rm-{r.kind}", model_args=model.args,
-                      extra_state={"model_args": model.args.to_dict(), "tokenizer": str(lm.tokenizer_path)})
+                      extra_state={"model_args": model.args.to_dict(), "tokenizer": str(tok.model_path)})
     resumed = trainer.resume() if ctx.resume else False
     ctx.say(f"rm ({r.kind}, margin {r.margin}): {len(data):,} pairs, {steps} steps of {batch} pairs "
             f"({t.micro_batch} x {accum} accumulation), lr {t.lr:g}, warmup {t.warmup_steps}"
@@ -321,7 +321,7 @@ def rm_body(cfg: RMConfig, ctx: RunContext) -> dict:
             report["calibration"] = model.calibration
         report["scores_plot"] = str(plot_scores(c, rj, run_dir / "scores.png",
                                                 f"{r.kind} reward model: held-out scores"))
-    return ctx.finish(model, lm.tokenizer_path, report, name="rm_report.json")
+    return ctx.finish(model, tok.model_path, report, name="rm_report.json")
 
 
 RM = Stage("rm", RMConfig, rm_body, result="rm_report.json", needs="which SFT model to start from? pass --model CKPT")

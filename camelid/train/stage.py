@@ -67,13 +67,10 @@ class RunContext:
 
     def load_start_model(self, path: str | Path, dtype=torch.float32):
         """The model a stage starts from and its tokenizer; both must be there."""
-        from camelid.checkpoint import load_model
-        from camelid.tokenizer import Tokenizer
+        from camelid.checkpoint import load_checkpoint
 
-        model = load_model(path, device=self.device, dtype=dtype)
-        if not getattr(model, "tokenizer_path", None):
-            raise CamelidError(f"{path}: no tokenizer.model beside the weights")
-        return model, Tokenizer(model.tokenizer_path)
+        ckpt = load_checkpoint(path, device=self.device, dtype=dtype)
+        return ckpt.model, ckpt.tokenizer()
 
     def finish(self, model, tokenizer_path, result: dict, name: str = "summary.json") -> dict:
         """The end of every stage: the final weights (gathered from every rank's shards when distributed) with
