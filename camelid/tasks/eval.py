@@ -162,7 +162,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from camelid.checkpoint import load_model
+    from camelid.checkpoint import load_checkpoint
     from camelid.tokenizer import Tokenizer
 
     tasks = None
@@ -172,11 +172,11 @@ def run(args) -> int:
         if bad:
             raise CamelidError(f"--tasks: unknown task(s) {', '.join(bad)}; use proving-ground or some of "
                                f"{', '.join(TASKS)}")
-    model = load_model(args.model)
-    tok_path = args.tokenizer or getattr(model, "tokenizer_path", None)
-    if not tok_path:
+    ckpt = load_checkpoint(args.model)
+    model = ckpt.model
+    if not (args.tokenizer or ckpt.tokenizer_path):
         raise CamelidError(f"{args.model}: no tokenizer.model beside the weights; pass --tokenizer")
-    tok = Tokenizer(tok_path)
+    tok = Tokenizer(args.tokenizer) if args.tokenizer else ckpt.tokenizer()
     report = evaluate(model, tok, split=args.split, n=args.n, seed=args.seed, gatt_dialogs=args.gatt_dialogs,
                       gatt_turns=args.turns, max_new_tokens=args.max_new_tokens, tasks=tasks,
                       keep_answers=args.answers)
