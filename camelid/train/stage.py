@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ class Stage:
     result: str = "summary.json"  # written last; marks the run complete
     needs: str = "which model to start from? pass --model CKPT"  # what to say when model.init_from is empty
     recipe: str = ""  # the shipped recipe a command starts from when given no --config (else the defaults)
+    distributed: bool = False  # runs under torchrun (data split by rank, weights sharded); else it refuses
 
 
 @dataclass
@@ -91,6 +93,20 @@ class RunContext:
         return result
 
 
+def launched_ranks() -> int:
+    """How many processes torchrun started for this job (1 when run directly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def refuse_unsupported_launch(name: str, distributed: bool) -> None:
+    """No silent wrong run: a stage that cannot yet split its work across ranks refuses to start under
+    torchrun, instead of training one unsynchronised full copy per rank into the same folder."""
+    if launched_ranks() > 1 and not distributed:
+        raise ConfigError(f"camelid {name} runs in one process for now: under torchrun each of the "
+                          f"{launched_ranks()} ranks would train its own copy into the same run folder. "
+                          f"Run it without torchrun (camelid pretrain is the stage that runs distributed)")
+
+
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     if not resume and ckpt.latest_checkpoint(run_dir) is not None:
         raise CamelidError(f"{run_dir} already holds checkpoints of a run: pass --resume to continue it, "
@@ -114,6 +130,7 @@ def completed(run_dir: str | Path, cfg, result: str = "summary.json") -> dict | 
 def run_stage(stage: Stage, cfg, run_dir: str | Path, resume: bool = False, quiet: bool = False,
               dist_info: DistInfo | None = None) -> dict:
     """Run (or resume, or find finished) one stage; returns its result (the summary it wrote)."""
+    refuse_unsupported_launch(stage.name, stage.distributed)
     run_dir = Path(run_dir)
     key = settings_key(cfg)  # before the body derives anything into cfg
     if resume and (done := completed(run_dir, cfg, stage.result)) is not None:
