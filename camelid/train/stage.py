@@ -67,11 +67,15 @@ class RunContext:
         if self.is_main:
             atomic_write_text(self.run_dir / "config.toml", cfg.to_toml())
 
-    def load_start_model(self, path: str | Path, dtype=torch.float32):
-        """The model a stage starts from and its tokenizer; both must be there."""
+    def load_start_model(self, path: str | Path, dtype=torch.float32, language_model: bool = True):
+        """The model a stage starts from and its tokenizer; both must be there, and a stage that generates or
+        trains next-token prediction needs a language model, not a reward model."""
         from camelid.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path, device=self.device, dtype=dtype)
+        if language_model and ckpt.kind != "lm":
+            raise ConfigError(f"model.init_from: {path} is a {ckpt.kind} model; this stage needs a language model "
+                              f"(an SFT or pre-trained checkpoint)")
         return ckpt.model, ckpt.tokenizer()
 
     def finish(self, model, tokenizer_path, result: dict, name: str = "summary.json") -> dict:
