@@ -160,8 +160,9 @@ def completed(run_dir: str | Path, cfg, result: str = "summary.json") -> dict | 
 
 
 def run_stage(stage: Stage, cfg, run_dir: str | Path, resume: bool = False, quiet: bool = False,
-              dist_info: DistInfo | None = None, parallelize=None) -> dict:
-    """Run (or resume, or find finished) one stage; returns its result (the summary it wrote)."""
+              dist_info: DistInfo | None = None, parallelize=None, **body_args) -> dict:
+    """Run (or resume, or find finished) one stage; returns its result (the summary it wrote).
+    `body_args` go to the stage's body (a test's known reward instead of the reward models, say)."""
     refuse_unsupported_launch(stage.name, stage.distributed)
     run_dir = Path(run_dir)
     key = settings_key(cfg)  # before the body derives anything into cfg
@@ -178,7 +179,7 @@ def run_stage(stage: Stage, cfg, run_dir: str | Path, resume: bool = False, quie
                          shard)
         ctx.write_config(cfg)
         start = time.perf_counter()
-        result = stage.body(cfg, ctx)
+        result = stage.body(cfg, ctx, **body_args)
         if ctx.is_main:
             atomic_write_text(run_dir / "complete.key", key)
         ctx.say(f"{stage.name}: finished in {time.perf_counter() - start:.0f}s; results in {run_dir}")
