@@ -184,6 +184,9 @@ def print_commands(out: Path, smoke: bool, overrides: list[str]) -> None:
 
 def quickstart(out: str | Path = "runs/quickstart", smoke: bool = False, overrides: list[str] | None = None) -> dict:
     """Run PIPELINE into `out`, each step in its own folder; a finished step is skipped when run again."""
+    from camelid.train.stage import refuse_unsupported_launch
+
+    refuse_unsupported_launch("quickstart", distributed=False)
     out = Path(out)
     routed = route_overrides(overrides or [])
     out.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from camelid.model import ModelArgs, Transformer
 from camelid.reward_model import MARGINS, RewardModel, combined_reward, ranking_loss, whiten
 from camelid.train.reward import accuracy_by_rating, fit_calibration
 from camelid.train.rm_pairs import rating_for_gap
+from tests.conftest import camelid
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, ffn_hidden_dim=128, max_seq_len=64)
 
@@ -176,3 +177,13 @@ def test_rm_stage_end_to_end(smoke_run, tmp_path):
     # warmup: 3% of the steps, at least 5
     cfg = (tmp_path / "rm" / "config.toml").read_text()
     assert "warmup_steps = 5" in cfg
+
+
+@pytest.mark.parametrize("argv", [["generate", "--prompt", "Hi"], ["sft", "--data", "proving-ground", "--out", "{tmp}/sft"],
+                                  ["ppo", "--reward-helpful", "{rm}", "--out", "{tmp}/ppo"]])
+def test_reward_model_where_a_language_model_belongs_is_one_line(smoke_run, tmp_path, argv):
+    rm = smoke_run[0] / "rm-helpful" / "model"
+    flag = "--policy" if argv[0] == "ppo" else "--model"
+    r = camelid(argv[0], flag, rm, *[a.format(tmp=tmp_path, rm=rm) for a in argv[1:]])
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "reward model" in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

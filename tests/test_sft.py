@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from camelid.tasks import TASKS
@@ -78,3 +79,22 @@ def test_sft_bad_data_is_refused(smoke_run, tmp_path):
     assert r.returncode == 2 and "bad.jsonl:2" in r.stderr
     r = camelid("sft", "--out", tmp_path / "r2")
     assert r.returncode == 2 and "--model" in r.stderr
+
+
+def test_stages_that_cannot_run_distributed_refuse_under_torchrun(tmp_path, monkeypatch):
+    """No silent wrong run: under torchrun (WORLD_SIZE > 1) a one-process stage refuses before touching files."""
+    from camelid.config import ConfigError
+    from camelid.quickstart import quickstart
+    from camelid.rlhf.ppo import PPO
+    from camelid.train.reward import RM
+    from camelid.train.sft import SFT
+    from camelid.train.stage import run_stage
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for stage in (SFT, RM, PPO):
+        with pytest.raises(ConfigError, match=f"camelid {stage.name} runs in one process for now"):
+            run_stage(stage, stage.config(), tmp_path / stage.name)
+        assert not (tmp_path / stage.name).exists()
+    with pytest.raises(ConfigError, match="camelid quickstart runs in one process"):
+        quickstart(tmp_path / "qs", smoke=True)
+    assert not (tmp_path / "qs").exists()

@@ -41,11 +41,11 @@ def run(args) -> int:
             raise CamelidError(f"--tasks: unknown task(s) {', '.join(bad)}; use proving-ground or some of "
                                f"{', '.join(TASKS)}")
     ckpt = load_checkpoint(args.model)
-    tok_path = args.tokenizer or ckpt.tokenizer_path
-    if not tok_path:
+    model = ckpt.model
+    if not (args.tokenizer or ckpt.tokenizer_path):
         raise CamelidError(f"{args.model}: no tokenizer.model beside the weights; pass --tokenizer")
-    tok = Tokenizer(tok_path)
-    report = evaluate(ckpt.model, tok, split=args.split, n=args.n, seed=args.seed, gatt_dialogs=args.gatt_dialogs,
+    tok = Tokenizer(args.tokenizer) if args.tokenizer else ckpt.tokenizer()
+    report = evaluate(model, tok, split=args.split, n=args.n, seed=args.seed, gatt_dialogs=args.gatt_dialogs,
                       gatt_turns=args.turns, max_new_tokens=args.max_new_tokens, tasks=tasks,
                       keep_answers=args.answers)
     report["model"] = str(args.model)

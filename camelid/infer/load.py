@@ -33,6 +33,9 @@ def load_model_and_tokenizer(model_path, tokenizer_path=None, device="cpu", dtyp
         raise
     except (OSError, ValueError, RuntimeError) as e:
         raise CamelidError(f"{path}: cannot load the model ({e})") from None
+    if getattr(model, "kind", "lm") != "lm":
+        raise CamelidError(f"{path}: a {model.kind} model scores answers and does not generate text; "
+                           f"give a language model (pre-trained, SFT, RS or PPO checkpoint)")
     tokenizer = Tokenizer(tok_path)
     if tokenizer.vocab_size > model.args.vocab_size:
         raise CamelidError(f"tokenizer {tok_path} has {tokenizer.vocab_size} tokens but the model only "

@@ -274,10 +274,6 @@ def ppo_body(cfg: PPOConfig, ctx: RunContext, scorer=None) -> dict:
         raise ConfigError("ppo.reward_helpful: pass --reward-helpful RM_CKPT (and --reward-safety RM_CKPT)")
     torch.manual_seed(t.seed)
     policy, tok = ctx.load_start_model(cfg.model.init_from)
-    import torch.distributed as dist
-    if dist.is_initialized():
-        raise ConfigError("camelid ppo runs in one process (generation would have to gather sharded weights); "
-                          "run it without torchrun")
     # The reference runs in the policy's precision (a bf16 reference would show a KL before any update);
     # the reward models only score, so bf16 is fine where it is fast.
     ref = frozen(load_model(cfg.model.init_from, device=device, dtype=torch.float32))

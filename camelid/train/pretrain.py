@@ -157,7 +157,7 @@ def pretrain_body(cfg: Config, ctx: RunContext, parallelize=None) -> dict:
     return ctx.finish(model, tok_path, summary)
 
 
-PRETRAIN = Stage("pretrain", Config, pretrain_body, needs="", recipe="quickstart")
+PRETRAIN = Stage("pretrain", Config, pretrain_body, needs="", recipe="quickstart", distributed=True)
 
 
 def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False, dist_info: DistInfo | None = None,

@@ -270,7 +270,7 @@ def get_pairs(cfg: RMConfig, run_dir: Path, tokenizer, lm) -> tuple[list[Prefere
 def rm_body(cfg: RMConfig, ctx: RunContext) -> dict:
     r, t = cfg.rm, cfg.train
     run_dir = ctx.run_dir
-    lm, tok = ctx.load_start_model(cfg.model.init_from)
+    lm, tok = ctx.load_start_model(cfg.model.init_from, language_model=False)  # an RM may train on
     train_pairs, val_pairs = get_pairs(cfg, run_dir, tok, lm)
     if not train_pairs:
         raise CamelidError("no training pairs (every candidate answer scored the same)")

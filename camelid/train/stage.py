@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ class Stage:
     result: str = "summary.json"  # written last; marks the run complete
     needs: str = "which model to start from? pass --model CKPT"  # what to say when model.init_from is empty
     recipe: str = ""  # the shipped recipe a command starts from when given no --config (else the defaults)
+    distributed: bool = False  # runs under torchrun (data split by rank, weights sharded); else it refuses
 
 
 @dataclass
@@ -65,11 +67,15 @@ class RunContext:
         if self.is_main:
             atomic_write_text(self.run_dir / "config.toml", cfg.to_toml())
 
-    def load_start_model(self, path: str | Path, dtype=torch.float32):
-        """The model a stage starts from and its tokenizer; both must be there."""
+    def load_start_model(self, path: str | Path, dtype=torch.float32, language_model: bool = True):
+        """The model a stage starts from and its tokenizer; both must be there, and a stage that generates or
+        trains next-token prediction needs a language model, not a reward model."""
         from camelid.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path, device=self.device, dtype=dtype)
+        if language_model and ckpt.kind != "lm":
+            raise ConfigError(f"model.init_from: {path} is a {ckpt.kind} model; this stage needs a language model "
+                              f"(an SFT or pre-trained checkpoint)")
         return ckpt.model, ckpt.tokenizer()
 
     def finish(self, model, tokenizer_path, result: dict, name: str = "summary.json") -> dict:
@@ -89,6 +95,20 @@ class RunContext:
         if self.is_main:
             atomic_write_json(self.run_dir / name, result)
         return result
+
+
+def launched_ranks() -> int:
+    """How many processes torchrun started for this job (1 when run directly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def refuse_unsupported_launch(name: str, distributed: bool) -> None:
+    """No silent wrong run: a stage that cannot yet split its work across ranks refuses to start under
+    torchrun, instead of training one unsynchronised full copy per rank into the same folder."""
+    if launched_ranks() > 1 and not distributed:
+        raise ConfigError(f"camelid {name} runs in one process for now: under torchrun each of the "
+                          f"{launched_ranks()} ranks would train its own copy into the same run folder. "
+                          f"Run it without torchrun (camelid pretrain is the stage that runs distributed)")
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
@@ -114,6 +134,7 @@ def completed(run_dir: str | Path, cfg, result: str = "summary.json") -> dict | 
 def run_stage(stage: Stage, cfg, run_dir: str | Path, resume: bool = False, quiet: bool = False,
               dist_info: DistInfo | None = None) -> dict:
     """Run (or resume, or find finished) one stage; returns its result (the summary it wrote)."""
+    refuse_unsupported_launch(stage.name, stage.distributed)
     run_dir = Path(run_dir)
     key = settings_key(cfg)  # before the body derives anything into cfg
     if resume and (done := completed(run_dir, cfg, stage.result)) is not None:
