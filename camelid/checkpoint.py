@@ -577,13 +577,13 @@ def save_state_dict(sd, args: ModelArgs, path, format="camelid", tokenizer_path=
     return path
 
 
+def plain_names(sd: dict) -> dict:
+    """Names without wrapper prefixes (torch.compile's `_orig_mod.`, activation checkpointing's)."""
+    return {k.replace("_orig_mod.", "").replace("_checkpoint_wrapped_module.", ""): v for k, v in sd.items()}
+
+
 def _plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """State dict without wrapper prefixes (torch.compile's `_orig_mod.`, activation checkpointing's)."""
-    out = {}
-    for k, v in model.state_dict().items():
-        k = k.replace("_orig_mod.", "").replace("_checkpoint_wrapped_module.", "")
-        out[k] = v.full_tensor() if hasattr(v, "full_tensor") else v
-    return out
+    return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in plain_names(model.state_dict()).items()}
 
 
 def convert(src, dst, to: str, dtype: torch.dtype | None = None, shards: int = 1) -> Path:

@@ -15,8 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field, replace
-from functools import partial
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -393,5 +392,4 @@ def ppo(cfg: PPOConfig, run_dir: str | Path, resume: bool = False, scorer=None) 
 
     `scorer` replaces the reward models with any object whose `score(prompts, answers)` returns
     {"combined": tensor, "helpful": tensor, "safety": tensor | None} (tests use a known reward)."""
-    stage = replace(PPO, body=partial(ppo_body, scorer=scorer)) if scorer is not None else PPO
-    return run_stage(stage, cfg, run_dir, resume=resume)
+    return run_stage(PPO, cfg, run_dir, resume=resume, scorer=scorer)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -207,5 +206,4 @@ RS = Stage("rs", RSConfig, rs_body, needs="which policy to improve? pass --polic
 def rejection_sampling(cfg: RSConfig, run_dir: str | Path, scorer=None) -> dict:
     """Run or continue rejection sampling (finished iterations are kept; a rerun continues after them).
     `scorer` replaces the reward models (tests use a known reward)."""
-    stage = replace(RS, body=partial(rs_body, scorer=scorer)) if scorer is not None else RS
-    return run_stage(stage, cfg, run_dir, resume=True)
+    return run_stage(RS, cfg, run_dir, resume=True, scorer=scorer)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -98,7 +96,7 @@ def total_steps(cfg: Config) -> int:
     raise ConfigError("train.max_steps / train.max_tokens: set one of them (e.g. --max-steps 100)")
 
 
-def pretrain_body(cfg: Config, ctx: RunContext, parallelize=None) -> dict:
+def pretrain_body(cfg: Config, ctx: RunContext) -> dict:
     from camelid.data import MixtureSampler, read_manifest
     from camelid.parallel import apply_ac, apply_compile
 
@@ -111,18 +109,16 @@ def pretrain_body(cfg: Config, ctx: RunContext, parallelize=None) -> dict:
     device, t = ctx.device, cfg.train
     sampler = MixtureSampler(cfg.data.dir, cfg.data.seq_len, seed=cfg.data.seed, weights=cfg.data.weights or None)
 
-    dist_info = ctx.dist
     # A model too big for one device is built on the meta device and materialised shard by shard.
-    on_meta = parallelize is not None and not cfg.model.init_from and \
+    on_meta = ctx.shard is not None and not cfg.model.init_from and \
         model_args_from(cfg.model, vocab_size=vocab).num_params() * 4 > META_INIT_BYTES
     model = build_model(cfg, vocab, "meta" if on_meta else device)
     args = model.args
     if args.max_seq_len < cfg.data.seq_len:
         raise ConfigError(f"data.seq_len: {cfg.data.seq_len} exceeds the model's context (model.max_seq_len "
                           f"{args.max_seq_len})")
-    if parallelize is not None:
-        model, dist_info = parallelize(model)
-        ctx.dist = dist_info
+    if ctx.shard is not None:
+        model = ctx.parallelize(model)
         if on_meta:
             model.to_empty(device=device)
             model.init_weights()
@@ -130,6 +126,7 @@ def pretrain_body(cfg: Config, ctx: RunContext, parallelize=None) -> dict:
         apply_ac(model, t.activation_checkpointing)
         if t.compile:
             apply_compile(model)
+    dist_info = ctx.dist
     accum = accumulation_steps(t.batch_tokens, t.micro_batch, cfg.data.seq_len, dist_info.dp_world)
     steps = total_steps(cfg)
     # vocabulary-sharded logits (loss parallel) are DTensors, which the compiled loss does not take
@@ -154,7 +151,7 @@ def pretrain_body(cfg: Config, ctx: RunContext, parallelize=None) -> dict:
         "epochs": sampler.epochs(trainer.step * trainer.samples_per_step),
         "model_args": args.to_dict(),
     }
-    return ctx.finish(model, tok_path, summary)
+    return ctx.finish(ctx.gathered(model), tok_path, summary)
 
 
 PRETRAIN = Stage("pretrain", Config, pretrain_body, needs="", recipe="quickstart", distributed=True)
@@ -165,8 +162,7 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False, dist_info: 
     """Run (or resume) pre-training; return the summary written to RUN_DIR/summary.json.
 
     `parallelize(model) -> (model, DistInfo)` is how distributed runs wrap the model (camelid.parallel)."""
-    stage = replace(PRETRAIN, body=partial(pretrain_body, parallelize=parallelize)) if parallelize else PRETRAIN
-    return run_stage(stage, cfg, run_dir, resume=resume, dist_info=dist_info)
+    return run_stage(PRETRAIN, cfg, run_dir, resume=resume, dist_info=dist_info, parallelize=parallelize)
 
 
 def pretrain_config(recipe: str | Path | None = None, out: str | Path = "runs/pretrain", resume: bool = False, *,

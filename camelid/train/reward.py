@@ -76,6 +76,9 @@ class RMConfig(StageConfig):
             raise ConfigError(f"rm.kind: must be helpful or safety, got {r.kind!r}")
         if r.margin not in MARGINS:
             raise ConfigError(f"rm.margin: must be none, small or large, got {r.margin!r}")
+        if self.train.tp != 1:
+            raise ConfigError("train.tp: reward models train with FSDP only (their scalar head has no "
+                              "tensor-parallel plan); set train.tp=1")
         if r.batch_pairs % self.train.micro_batch:
             raise ConfigError(f"rm.batch_pairs: {r.batch_pairs} is not a multiple of train.micro_batch "
                               f"{self.train.micro_batch}")
@@ -271,7 +274,7 @@ def rm_body(cfg: RMConfig, ctx: RunContext) -> dict:
     r, t = cfg.rm, cfg.train
     run_dir = ctx.run_dir
     lm, tok = ctx.load_start_model(cfg.model.init_from, language_model=False)  # an RM may train on
-    train_pairs, val_pairs = get_pairs(cfg, run_dir, tok, lm)
+    train_pairs, val_pairs = ctx.rank0_first(lambda: get_pairs(cfg, run_dir, tok, lm))
     if not train_pairs:
         raise CamelidError("no training pairs (every candidate answer scored the same)")
     torch.manual_seed(t.seed)
@@ -280,6 +283,7 @@ def rm_body(cfg: RMConfig, ctx: RunContext) -> dict:
     data = PairData(train_pairs, tok, max_len, r.margin, seed=r.seed)
     val = PairData(val_pairs, tok, max_len, r.margin, seed=r.seed) if val_pairs else None
 
+    model = ctx.parallelize(model)  # FSDP under torchrun
     per_step = t.micro_batch * ctx.dist.dp_world
     batch = min(r.batch_pairs, max(per_step, (len(data) // per_step) * per_step))  # small data: one batch at most
     if batch % per_step:
@@ -319,12 +323,14 @@ def rm_body(cfg: RMConfig, ctx: RunContext) -> dict:
         if cal is not None:
             model.calibration = fit_calibration(*cal)
             report["calibration"] = model.calibration
-        report["scores_plot"] = str(plot_scores(c, rj, run_dir / "scores.png",
-                                                f"{r.kind} reward model: held-out scores"))
-    return ctx.finish(model, tok.model_path, report, name="rm_report.json")
+        if ctx.is_main:
+            report["scores_plot"] = str(plot_scores(c, rj, run_dir / "scores.png",
+                                                    f"{r.kind} reward model: held-out scores"))
+    return ctx.finish(ctx.gathered(model), tok.model_path, report, name="rm_report.json")
 
 
-RM = Stage("rm", RMConfig, rm_body, result="rm_report.json", needs="which SFT model to start from? pass --model CKPT")
+RM = Stage("rm", RMConfig, rm_body, result="rm_report.json", needs="which SFT model to start from? pass --model CKPT",
+           distributed=True)
 
 
 def train_reward_model(cfg: RMConfig, run_dir: str | Path, resume: bool = False) -> dict:

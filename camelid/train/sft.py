@@ -182,6 +182,7 @@ def sft_body(cfg: SFTConfig, ctx: RunContext) -> dict:
             f"({100 * st['fill']:.0f}% full, {st['target_tokens']:,} answer tokens, {st['truncated']} truncated) "
             f"in {time.perf_counter() - t0:.1f}s")
 
+    model = ctx.parallelize(model)  # FSDP (and TP) under torchrun
     per_step = t.micro_batch * ctx.dist.dp_world
     if s.batch_size % per_step:
         raise ConfigError(f"sft.batch_size: {s.batch_size} is not a multiple of micro_batch x ranks = {per_step}")
@@ -207,16 +208,17 @@ def sft_body(cfg: SFTConfig, ctx: RunContext) -> dict:
                "packing": st, "final_train_loss": next((r["loss"] for r in reversed(out_rows) if "split" not in r), None),
                "val_loss_before": val[0]["loss"] if val else None, "val_loss_after": val[-1]["loss"] if val else None,
                "model_args": args.to_dict()}
+    final = ctx.gathered(model)  # rank 0 evaluates and saves the whole model
     if ctx.is_main and s.data == PROVING_GROUND and s.eval_n:
         from camelid.tasks import evaluate as pg_evaluate
-        report = pg_evaluate(model.eval(), tok, split="test", n=s.eval_n, seed=0, gatt_dialogs=s.eval_gatt)
+        report = pg_evaluate(final.eval(), tok, split="test", n=s.eval_n, seed=0, gatt_dialogs=s.eval_gatt)
         atomic_write_json(ctx.run_dir / "eval.json", report)
         summary["eval"] = {k: report[k] for k in ("accuracy", "tasks", "refusal_rate", "over_refusal_rate",
                                                   "gatt_adherence", "gatt_adherence_3plus")}
-    return ctx.finish(model, tok.model_path, summary)
+    return ctx.finish(final, tok.model_path, summary)
 
 
-SFT = Stage("sft", SFTConfig, sft_body, needs="which model to fine-tune? pass --model CKPT")
+SFT = Stage("sft", SFTConfig, sft_body, needs="which model to fine-tune? pass --model CKPT", distributed=True)
 
 
 def sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:

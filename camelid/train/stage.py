@@ -16,6 +16,7 @@ iterations, say) continue from the newest checkpoint instead.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -53,10 +54,45 @@ class RunContext:
     device: torch.device
     dist: DistInfo
     quiet: bool = False
+    shard: Callable | None = None  # under torchrun: parallelize(model) -> (model, DistInfo) from camelid.parallel
 
     @property
     def is_main(self) -> bool:
         return self.dist.rank == 0
+
+    def parallelize(self, model):
+        """The model wrapped for this launch (FSDP / TP under torchrun; as it is in one process)."""
+        if self.shard is None:
+            return model
+        model, self.dist = self.shard(model)
+        return model
+
+    def rank0_first(self, make):
+        """`make()` on rank 0, then on the others once it is done: rank 0 writes a cache file (sampled
+        preference pairs, say) that the other ranks then read instead of making it again."""
+        if not torch.distributed.is_initialized():
+            return make()
+        out = make() if self.is_main else None
+        torch.distributed.barrier()
+        return out if self.is_main else make()
+
+    def gathered(self, model):
+        """The whole model, unsharded, on rank 0 (None on the other ranks, which help gather it): what the
+        end of a stage evaluates and saves. In one process, the model itself."""
+        if not torch.distributed.is_initialized():
+            return model
+        from camelid.checkpoint import model_class, plain_names
+        from camelid.parallel.distributed import full_state_dict
+
+        weights = plain_names(full_state_dict(model))  # a collective: every rank takes part
+        if not self.is_main:
+            return None
+        with torch.device("meta"):
+            plain = model_class(getattr(model, "kind", "lm"))(model.args)
+        plain.load_state_dict(weights, strict=True, assign=True)
+        if hasattr(model, "calibration"):
+            plain.calibration = dict(model.calibration)
+        return plain
 
     def say(self, *args, **kw) -> None:
         if self.is_main and not self.quiet:
@@ -79,20 +115,12 @@ class RunContext:
         return ckpt.model, ckpt.tokenizer()
 
     def finish(self, model, tokenizer_path, result: dict, name: str = "summary.json") -> dict:
-        """The end of every stage: the final weights (gathered from every rank's shards when distributed) with
-        the tokenizer into model/, then the result file; rank 0 writes."""
-        from camelid.checkpoint import save_model, save_state_dict
-
-        if torch.distributed.is_initialized():
-            from camelid.parallel.distributed import full_state_dict
-
-            weights = full_state_dict(model)  # a collective: every rank takes part
-            if self.is_main:
-                info = {"kind": getattr(model, "kind", "lm"), "calibration": getattr(model, "calibration", None)}
-                save_state_dict(weights, model.args, self.run_dir / "model", tokenizer_path=tokenizer_path, info=info)
-        elif self.is_main:
-            save_model(model, self.run_dir / "model", tokenizer_path=tokenizer_path)
+        """The end of every stage: rank 0 writes the final weights (`model` as `gathered` returns it) with the
+        tokenizer into model/, then the result file."""
         if self.is_main:
+            from camelid.checkpoint import save_model
+
+            save_model(model, self.run_dir / "model", tokenizer_path=tokenizer_path)
             atomic_write_json(self.run_dir / name, result)
         return result
 
@@ -132,8 +160,9 @@ def completed(run_dir: str | Path, cfg, result: str = "summary.json") -> dict | 
 
 
 def run_stage(stage: Stage, cfg, run_dir: str | Path, resume: bool = False, quiet: bool = False,
-              dist_info: DistInfo | None = None) -> dict:
-    """Run (or resume, or find finished) one stage; returns its result (the summary it wrote)."""
+              dist_info: DistInfo | None = None, parallelize=None, **body_args) -> dict:
+    """Run (or resume, or find finished) one stage; returns its result (the summary it wrote).
+    `body_args` go to the stage's body (a test's known reward instead of the reward models, say)."""
     refuse_unsupported_launch(stage.name, stage.distributed)
     run_dir = Path(run_dir)
     key = settings_key(cfg)  # before the body derives anything into cfg
@@ -145,14 +174,29 @@ def run_stage(stage: Stage, cfg, run_dir: str | Path, resume: bool = False, quie
     if hasattr(cfg, "model") and not cfg.model.init_from and stage.needs:
         raise ConfigError(f"model.init_from: {stage.needs}")
     cfg.check()
-    ctx = RunContext(run_dir, resume, resolve_device(cfg.train.device), dist_info or DistInfo.current(), quiet)
-    ctx.write_config(cfg)
-    start = time.perf_counter()
-    result = stage.body(cfg, ctx)
-    if ctx.is_main:
-        atomic_write_text(run_dir / "complete.key", key)
-    ctx.say(f"{stage.name}: finished in {time.perf_counter() - start:.0f}s; results in {run_dir}")
+    with parallel_session(stage, cfg, parallelize) as shard:
+        ctx = RunContext(run_dir, resume, resolve_device(cfg.train.device), dist_info or DistInfo.current(), quiet,
+                         shard)
+        ctx.write_config(cfg)
+        start = time.perf_counter()
+        result = stage.body(cfg, ctx, **body_args)
+        if ctx.is_main:
+            atomic_write_text(run_dir / "complete.key", key)
+        ctx.say(f"{stage.name}: finished in {time.perf_counter() - start:.0f}s; results in {run_dir}")
     return result
+
+
+@contextlib.contextmanager
+def parallel_session(stage: Stage, cfg, parallelize=None):
+    """The `parallelize` a distributed stage wraps its model with: the caller's, else a torchrun session
+    opened for this stage (process group, mesh), else None in one process."""
+    if parallelize is not None or not stage.distributed or torch.distributed.is_initialized():
+        yield parallelize
+        return
+    from camelid.parallel.launch import maybe_distributed
+
+    with maybe_distributed(cfg) as shard:
+        yield shard
 
 
 def flag_overrides(flags: dict) -> list[str]:
