@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-from camelid.dtypes import DTYPES
 from camelid.errors import CamelidError
 from camelid.fsutil import atomic_dir
 from camelid.model import ModelArgs, Transformer
@@ -593,24 +592,3 @@ def convert(src, dst, to: str, dtype: torch.dtype | None = None, shards: int = 1
         sd = {k: v.to(dtype) for k, v in sd.items()}
     tok = Path(src) / TOKENIZER_FILE
     return save_state_dict(sd, args, dst, to, tok if tok.exists() else None, shards=shards, info=info)
-
-
-# ------------------------------------------------------------------------------------------------------- CLI
-
-def add_arguments(p) -> None:
-    p.description = ("Convert a checkpoint directory between camelid, Hugging Face and Meta formats. "
-                     "The source format is detected. A tokenizer.model beside the weights is copied along.")
-    p.add_argument("src", help="checkpoint directory (camelid, Hugging Face or Meta)")
-    p.add_argument("dst", help="output directory (replaced atomically if it exists)")
-    p.add_argument("--to", required=True, choices=["camelid", "hf", "meta"], help="output format")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast weights (default: keep)")
-    p.add_argument("--shards", type=int, default=1, help="model-parallel files for --to meta")
-
-
-def run(args) -> int:
-    src_fmt = detect_format(Path(args.src))
-    out = convert(args.src, args.dst, args.to, DTYPES.get(args.dtype), args.shards)
-    print(f"converted {args.src} ({src_fmt}) -> {out} ({args.to})")
-    if args.to == "hf":
-        print("load it with: transformers.LlamaForCausalLM.from_pretrained(%r)" % str(out))
-    return 0

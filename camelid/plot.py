@@ -65,20 +65,3 @@ def _ema(values: list[float], alpha: float = 0.2) -> list[float]:
         acc = v if acc is None else alpha * v + (1 - alpha) * acc
         out.append(acc)
     return out
-
-
-def add_arguments(p) -> None:
-    p.description = "Plot training and validation loss against tokens for one or more run directories."
-    p.add_argument("runs", nargs="+", help="run directories (each with a metrics.jsonl)")
-    p.add_argument("--out", default=None, help="PNG file (default: RUN_DIR/loss.png of the first run)")
-    p.add_argument("--key", default="loss", help="metric to plot (loss, grad_norm, lr, tokens_per_s, mfu, ...)")
-    p.add_argument("--log-x", action="store_true", help="logarithmic token axis")
-    p.add_argument("--title", default=None)
-
-
-def run(args) -> int:
-    out = args.out or Path(args.runs[0]) / f"{args.key}.png"
-    path = plot_runs(args.runs, out, title=args.title or f"{args.key} vs training tokens", key=args.key,
-                     log_x=args.log_x)
-    print(f"wrote {path}")
-    return 0

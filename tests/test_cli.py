@@ -84,3 +84,25 @@ def test_missing_required_package_is_not_hidden(monkeypatch):
     monkeypatch.setitem(cli.COMMANDS, "fake", ("camelid_fake_cmd", "x"))
     with pytest.raises(ModuleNotFoundError):
         cli.main(["fake"])
+
+
+def test_every_command_builds_its_flags_without_torch():
+    # `camelid COMMAND --help` stays instant: a command module loads torch only when its command runs
+    code = ("import argparse, sys\nfrom camelid.cli import COMMANDS, load_command\n"
+            "for name, (target, _) in COMMANDS.items():\n"
+            "    load_command(target).add_arguments(argparse.ArgumentParser(prog=name))\n"
+            "print(sorted(m for m in ('torch', 'camelid.train', 'camelid.infer') if m in sys.modules))")
+    r = _run(sys.executable, "-c", code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout
+
+
+def test_commands_of_a_shared_module(monkeypatch, capsys):
+    # `module:name` in COMMANDS names one Command of a module that holds several (rs and ppo, scaling and plan)
+    fake = types.ModuleType("camelid_fake_cmds")
+    fake.one = cli.Command(lambda p: p.add_argument("--n", type=int), lambda args: print(f"one {args.n}"))
+    monkeypatch.setitem(sys.modules, "camelid_fake_cmds", fake)
+    monkeypatch.setitem(cli.COMMANDS, "one", ("camelid_fake_cmds:one", "x"))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["one", "--n", "3"])
+    assert e.value.code == 0 and capsys.readouterr().out == "one 3\n"

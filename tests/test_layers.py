@@ -44,7 +44,7 @@ LAYERS = {
     "camelid.rlhf": "stages",
     "camelid.report_card": "stages",
     # face: the commands and the package's public names (lazy re-exports from every layer)
-    "camelid.cli": "face",
+    "camelid.cli": "face",  # the package: main() and one module per command group
     "camelid.__main__": "face",
     "camelid.quickstart": "face",
     "camelid": "face",  # camelid/__init__.py only: the prefix match is by whole dotted parts
@@ -208,13 +208,55 @@ def test_no_import_cycle_between_modules():
 
 def test_figures_and_scaling_load_without_torch():
     """plot is a leaf and scaling is maths: neither pulls torch in through the training code."""
-    light = ["camelid.plot", "camelid.runlog", "camelid.scaling.cli", "camelid.scaling.sweep",
-             "camelid.scaling.plan_cli", "camelid.scaling.planner", "camelid.tasks.eval"]
+    light = ["camelid.plot", "camelid.runlog", "camelid.scaling.report", "camelid.scaling.sweep",
+             "camelid.cli.scaling", "camelid.scaling.planner", "camelid.tasks.eval"]
     code = f"import sys\nfor m in {light!r}: __import__(m)\nprint(sorted(m for m in ('torch', 'camelid.train') if m in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]", r.stdout
+
+
+def command_line_code(modules: dict[str, Path], root: Path = ROOT) -> list[str]:
+    """Where a module outside camelid.cli imports argparse or defines a command's flags (`add_*arguments`)."""
+    problems = []
+    for name, path in modules.items():
+        if name == "camelid.cli" or name.startswith("camelid.cli."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                found = [a.name for a in node.names if a.name.split(".")[0] == "argparse"]
+            elif isinstance(node, ast.ImportFrom):
+                found = [node.module] if (node.module or "").split(".")[0] == "argparse" and not node.level else []
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("add_") \
+                    and node.name.endswith("arguments"):
+                found = [f"def {node.name}"]
+            else:
+                continue
+            problems += [f"{path.relative_to(root)}:{node.lineno}: {name}: {what}" for what in found]
+    return problems
+
+
+def test_command_lines_live_in_camelid_cli():
+    """Library modules take typed arguments; flags, argparse and add_arguments belong to camelid/cli."""
+    problems = command_line_code(find_modules())
+    assert not problems, "command-line code outside camelid/cli (move it to a module of camelid/cli):\n" + \
+        "\n".join(problems)
+
+
+def test_the_command_line_check_sees_argparse_and_flags(tmp_path):
+    pkg = tmp_path / PACKAGE
+    (pkg / "cli").mkdir(parents=True)
+    (pkg / "train").mkdir()
+    (pkg / "cli" / "x.py").write_text("import argparse\n\ndef add_arguments(p):\n    pass\n")
+    (pkg / "train" / "a.py").write_text("def f():\n    import argparse\n")
+    (pkg / "train" / "b.py").write_text("from argparse import Namespace\n\ndef add_model_arguments(p):\n    pass\n")
+    (pkg / "train" / "c.py").write_text("def run(args):\n    return 0\n")
+    assert command_line_code(find_modules(tmp_path), tmp_path) == [
+        "camelid/train/a.py:2: camelid.train.a: argparse",
+        "camelid/train/b.py:1: camelid.train.b: argparse",
+        "camelid/train/b.py:3: camelid.train.b: def add_model_arguments",
+    ]
 
 
 def test_the_graph_reader_sees_function_local_and_relative_imports(tmp_path):

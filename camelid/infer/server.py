@@ -28,7 +28,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from camelid.chat_format import CHAT_TEMPERATURE, CHAT_TOP_P, ChatFormatError, encode_dialog
@@ -859,25 +858,7 @@ def _web_page() -> str:
         return "<!doctype html><title>camelid</title><p>web page missing from this install</p>"
 
 
-# --------------------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(p) -> None:
-    from camelid.infer.load import add_model_arguments
-
-    p.description = ("Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, "
-                     "/v1/models, /health) with a web chat page at /. Concurrent requests decode together.")
-    add_model_arguments(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default; 0.0.0.0 "
-                                                        "exposes the server to the network)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free one)")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 requests")
-    p.add_argument("--model-name", default=None, help="model id reported by /v1/models (default: folder name)")
-    p.add_argument("--max-batch", type=int, default=16, help="requests decoded together")
-    p.add_argument("--max-in-flight", type=int, default=64, help="requests running or queued; more get 429")
-    p.add_argument("--max-tokens", type=int, default=None, help="new tokens per request at most (default: context)")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body size limit")
-    p.add_argument("--seed", type=int, default=None, help="seed of the shared sampling generator")
+# ----------------------------------------------------------------------------- serving on a socket
 
 
 def is_loopback_host(host: str) -> bool:
@@ -931,28 +912,3 @@ def serve_app(app, sock: socket.socket) -> int:
         print(f"camelid serve: error: the engine stopped ({worker.error}); shutting down", file=sys.stderr)
         return 1
     return 0
-
-
-def run(args) -> int:
-    from camelid.infer.load import load_model_and_tokenizer
-
-    if args.max_batch < 1 or args.max_in_flight < 1:
-        raise CamelidError("--max-batch and --max-in-flight must be at least 1")
-    sock = listen_socket(args.host, args.port)
-    try:
-        model, tok = load_model_and_tokenizer(args.model, args.tokenizer, args.device, args.dtype, args.threads)
-        check_vocab(model, tok)
-        engine = Engine(model, max_batch=args.max_batch, max_seq_len=args.max_seq_len, seed=args.seed)
-        name = args.model_name or Path(args.model).resolve().name
-        limits = Limits(max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes,
-                        max_in_flight=args.max_in_flight)
-        app = create_app(engine, tok, name, args.api_key, limits, loopback_only=is_loopback_host(args.host))
-        if not is_loopback_host(args.host) and not args.api_key:
-            print(f"warning: listening on {args.host} without --api-key: anyone who can reach it can use the model")
-        host, port = sock.getsockname()[:2]
-        shown = f"[{host}]" if ":" in host else host
-        print(f"camelid serve: serving {name} on http://{shown}:{port}/  (context {engine.max_seq_len}, "
-              f"max batch {args.max_batch})", flush=True)
-        return serve_app(app, sock)
-    finally:
-        sock.close()

@@ -26,10 +26,10 @@ from camelid.data.padding import pad_right
 from camelid.reward_model import RewardModel, whiten
 from camelid.rlhf.ppo_math import entropy, gae, kl_per_token, masked_whiten, penalized_rewards, policy_loss, \
     token_logprobs, value_loss
-from camelid.rlhf.rewards import Prompt, RewardScorer, add_policy_arguments, load_prompts, policy_overrides
+from camelid.rlhf.rewards import Prompt, RewardScorer, load_prompts
 from camelid.train.loop import Trainer
 from camelid.train.metrics import MetricsLog
-from camelid.train.stage import RunContext, Stage, run_stage, stage_config
+from camelid.train.stage import RunContext, Stage, run_stage
 
 
 @dataclass
@@ -393,23 +393,3 @@ def ppo(cfg: PPOConfig, run_dir: str | Path, resume: bool = False, scorer=None) 
     `scorer` replaces the reward models with any object whose `score(prompts, answers)` returns
     {"combined": tensor, "helpful": tensor, "safety": tensor | None} (tests use a known reward)."""
     return run_stage(PPO, cfg, run_dir, resume=resume, scorer=scorer)
-
-
-# ------------------------------------------------------------------------------------------------------- CLI
-
-def add_arguments(p) -> None:
-    p.description = ("PPO with the combined helpfulness/safety reward and a per-token KL penalty to the starting "
-                     "policy (Llama-2 §3.2.3). Defaults (PPOConfig): batch 512, minibatch 64, clip 0.2, "
-                     "constant LR 1e-6, beta 0.01 up to 13B.")
-    add_policy_arguments(p, "ppo", policy_help="the starting policy (SFT or rejection-sampling checkpoint)")
-    p.add_argument("--resume", action="store_true")
-
-
-def run(args) -> int:
-    import json
-
-    cfg = stage_config(PPO, args.config, policy_overrides(args, "ppo"), args.out, args.resume)
-    summary = ppo(cfg, args.out, resume=args.resume)
-    print(json.dumps(summary, indent=2))
-    print(f"policy: {Path(args.out) / 'model'} (best held-out reward, iteration {summary['best_iteration']})")
-    return 0

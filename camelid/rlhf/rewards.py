@@ -78,23 +78,14 @@ class RewardScorer:
         return {"helpful": helpful, "safety": safety, "combined": combined_reward(helpful, safety, is_safety)}
 
 
-# ------------------------------------------------------------------------------------------------------- CLI
+# ------------------------------------------------------------------------------------------------ settings
 
-def add_policy_arguments(p, stage: str, policy_help: str) -> None:
-    """The flags rejection sampling and PPO share: the policy, both reward models, prompts, recipe, output."""
-    p.add_argument("--policy", help=policy_help)
-    p.add_argument("--reward-helpful", help="helpfulness reward model")
-    p.add_argument("--reward-safety", help="safety reward model (optional)")
-    p.add_argument("--prompts", default=None, help="'proving-ground' or a JSONL of prompts")
-    p.add_argument("--iterations", type=int, default=None)
-    p.add_argument("--config", default=None, help="recipe file or name (default: Llama-2's settings, the stage's config class)")
-    p.add_argument("--out", default=f"runs/{stage}")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-
-
-def policy_overrides(args, stage: str, **extra) -> list[str]:
-    """Config overrides from the shared flags (and `extra` keys of the stage's section), then --set."""
-    given = {"model.init_from": args.policy, f"{stage}.reward_helpful": args.reward_helpful,
-             f"{stage}.reward_safety": args.reward_safety, f"{stage}.prompts": args.prompts,
-             f"{stage}.iterations": args.iterations, **{f"{stage}.{k}": v for k, v in extra.items()}}
-    return flag_overrides(given) + list(args.overrides)
+def policy_overrides(stage: str, *, policy: str | None = None, reward_helpful: str | None = None,
+                     reward_safety: str | None = None, prompts: str | None = None, iterations: int | None = None,
+                     overrides: list[str] | None = None, **extra) -> list[str]:
+    """Config overrides of rejection sampling and PPO (`stage`: rs or ppo) from the settings they share, each
+    given (not None) as `key=value` (`extra`: more keys of the stage's section), then `overrides`."""
+    given = {"model.init_from": policy, f"{stage}.reward_helpful": reward_helpful,
+             f"{stage}.reward_safety": reward_safety, f"{stage}.prompts": prompts,
+             f"{stage}.iterations": iterations, **{f"{stage}.{k}": v for k, v in extra.items()}}
+    return flag_overrides(given) + list(overrides or [])

@@ -19,9 +19,9 @@ import torch
 
 from camelid.config import CheckpointConfig, ConfigError, LogConfig, ModelConfig, StageConfig, TrainConfig, load_config
 from camelid.fsutil import atomic_write_json, atomic_write_text
-from camelid.rlhf.rewards import Prompt, RewardScorer, add_policy_arguments, load_prompts, policy_overrides
+from camelid.rlhf.rewards import Prompt, RewardScorer, load_prompts
 from camelid.train.sft import SFTConfig, SFTSection, sft, sft_train_defaults
-from camelid.train.stage import RunContext, Stage, run_stage, stage_config
+from camelid.train.stage import RunContext, Stage, run_stage
 
 
 @dataclass
@@ -207,19 +207,3 @@ def rejection_sampling(cfg: RSConfig, run_dir: str | Path, scorer=None) -> dict:
     """Run or continue rejection sampling (finished iterations are kept; a rerun continues after them).
     `scorer` replaces the reward models (tests use a known reward)."""
     return run_stage(RS, cfg, run_dir, resume=True, scorer=scorer)
-
-
-def add_arguments(p) -> None:
-    p.description = ("Rejection-sampling fine-tuning (Llama-2 §3.2.3): K samples per prompt from the newest policy, "
-                     "scored by the combined reward; the best of each prompt, pooled over iterations, fine-tunes "
-                     "the policy with the SFT objective. Defaults: Llama-2's (RSConfig).")
-    add_policy_arguments(p, "rs", policy_help="the starting policy (an SFT checkpoint)")
-    p.add_argument("-k", type=int, default=None, help="samples per prompt")
-
-
-def run(args) -> int:
-    cfg = stage_config(RS, args.config, policy_overrides(args, "rs", k=args.k), args.out, resume=True)
-    summary = rejection_sampling(cfg, args.out)
-    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
-    print(f"policy: {Path(args.out) / 'model'} (resume: run the same command again)")
-    return 0

@@ -4,7 +4,10 @@
 - `fit`       L(N, D) = E + A/N^alpha + B/D^beta fitted to run directories (Huber on log-loss, L-BFGS)
 - `inference` the model size that minimises training plus lifetime serving compute for a target loss
 - `planner`   memory per GPU, step time, days and GPU-hours of a pre-training run
-- `cli`, `plan_cli`, `sweep`  the `camelid scaling ...` and `camelid plan` commands
+- `report`    what `camelid scaling optimal` and `serve-aware` print and draw
+- `sweep`     a grid of tiny pre-training runs, fitted (`camelid scaling sweep`)
+
+The commands (`camelid scaling ...`, `camelid plan`) are camelid/cli/scaling.py.
 
 See docs/SCALING.md for worked examples.
 """

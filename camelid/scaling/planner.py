@@ -170,6 +170,24 @@ def _check_layout(args, gpus: int, tp: int) -> None:
                            f"({args.kv_heads})")
 
 
+def load_model_args(name: str):
+    """A preset name, or a recipe TOML (its [model] section; the preset's vocabulary unless it sets one)."""
+    from pathlib import Path
+
+    from camelid.model import preset
+
+    if name.endswith(".toml"):
+        from camelid.config import load_config, model_args_from
+        if not Path(name).is_file():
+            raise CamelidError(f"{name}: no such recipe file")
+        cfg = load_config(name)
+        return model_args_from(cfg.model)
+    try:
+        return preset(name)
+    except ValueError as e:
+        raise CamelidError(str(e))
+
+
 def plan_run(args, *, model_name: str, tokens: float, gpus: int, gpu: str = "a100", tp: int = 1,
              ac: str = "none", mfu: float | None = None, tokens_per_gpu_s: float | None = None,
              seq_len: int | None = None, micro_batch: int = 1, batch_tokens: int = DEFAULT_BATCH_TOKENS,

@@ -29,7 +29,6 @@ non-embedding parameters for that reason): try `scaling fit OUT --count non-embe
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import subprocess
@@ -37,7 +36,7 @@ import sys
 from pathlib import Path
 
 from camelid.errors import CamelidError
-from camelid.scaling.laws import FLOPS_PER_PARAM_TOKEN, fmt_count, parse_count
+from camelid.scaling.laws import FLOPS_PER_PARAM_TOKEN, fmt_count
 
 # (dim, n_layers): head_dim 32, kv heads half the heads, SwiGLU hidden int(8d/3) rounded up to 32
 LADDER = [(64, 2), (96, 3), (128, 4), (192, 4), (256, 4), (320, 5), (384, 6)]
@@ -107,43 +106,22 @@ def _finished(run_dir: Path, tokens: int) -> bool:
     return False
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="folder for the runs (one subfolder per run)")
-    p.add_argument("--config", default="quickstart", help="pre-training recipe each run starts from (a shipped recipe name or a TOML path)")
-    p.add_argument("--data", help="prepared data directory (data.dir); e.g. the one `camelid quickstart` made")
-    p.add_argument("--batch-tokens", type=int, default=8192, help="train.batch_tokens of every run")
-    p.add_argument("--budgets", default="1e13,3e13,1e14", help="IsoFLOP budgets (FLOPs, comma-separated)")
-    p.add_argument("--tokens", help="instead of budgets: token counts, every size on every count (e.g. 2M,8M)")
-    p.add_argument("--sizes", help="model shapes DIMxLAYERS, comma-separated (default: a ladder from 64x2 to 384x6)")
-    p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary used to estimate N when choosing D")
-    p.add_argument("--min-tokens", default="200K", help="skip runs shorter than this")
-    p.add_argument("--max-tokens", default="1B", help="skip runs longer than this")
-    p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra --set override passed to every run")
-    p.add_argument("--dry-run", action="store_true", help="print the commands and stop")
-    p.add_argument("--point", choices=["final", "best", "all"], default="final")
-    p.add_argument("--count", choices=["total", "non-embedding"], default="total")
-    p.add_argument("--json", action="store_true", help="print JSON")
-
-
-def run(args) -> int:
-    out = Path(args.out)
-    sizes = LADDER
-    if args.sizes:
-        try:
-            sizes = [tuple(int(x) for x in s.lower().split("x")) for s in args.sizes.split(",")]
-            assert all(len(s) == 2 for s in sizes)
-        except (ValueError, AssertionError):
-            raise CamelidError("--sizes must look like 128x4,256x4 (dim x layers)")
-    grid = plan_grid(
-        budgets=None if args.tokens else [parse_count(b, "--budgets") for b in args.budgets.split(",")],
-        tokens=[parse_count(t, "--tokens") for t in args.tokens.split(",")] if args.tokens else None,
-        sizes=sizes, vocab_size=args.vocab_size,
-        min_tokens=parse_count(args.min_tokens, "--min-tokens"), max_tokens=parse_count(args.max_tokens, "--max-tokens"))
-    cmds = [(r, command(r, config=args.config, out=out, extra=args.extra, batch_tokens=args.batch_tokens,
-                        data=args.data)) for r in grid]
-    if args.dry_run:
-        if args.json:
+def run_sweep(out: str | Path, *, budgets: list[float] = (1e13, 3e13, 1e14), tokens: list[float] | None = None,
+              sizes=LADDER, vocab_size: int = 4096, min_tokens: float = 2e5, max_tokens: float = 1e9,
+              config: str = "quickstart", data: str | None = None, batch_tokens: int = 8192,
+              extra: list[str] | None = None, dry_run: bool = False, point: str = "final", count: str = "total",
+              as_json: bool = False) -> int:
+    """Train the grid `plan_grid` makes of these settings (`tokens`, when given, instead of `budgets`) into
+    OUT/RUN, one `camelid pretrain` subprocess a run (finished runs are skipped), then fit them as `camelid
+    scaling fit OUT` would (`point`, `count`; the law to OUT/law.json, the figure to OUT/isoflops.png).
+    `dry_run`: print the commands (JSON with `as_json`) and stop."""
+    out = Path(out)
+    grid = plan_grid(budgets=None if tokens else list(budgets), tokens=tokens, sizes=sizes, vocab_size=vocab_size, min_tokens=min_tokens,
+                     max_tokens=max_tokens)
+    cmds = [(r, command(r, config=config, out=out, extra=list(extra or []), batch_tokens=batch_tokens, data=data))
+            for r in grid]
+    if dry_run:
+        if as_json:
             print(json.dumps([{"run": r, "command": c} for r, c in cmds], indent=2))
         else:
             for r, c in cmds:
@@ -161,5 +139,5 @@ def run(args) -> int:
             raise CamelidError(f"run {r['name']} failed (exit {proc.returncode}); rerun the sweep to resume")
     from camelid.scaling.fit import run_fit  # torch, for the fit: only once the runs are done
 
-    return run_fit([out], point=args.point, count=args.count, plot=out / "isoflops.png", save=out / "law.json",
-                   as_json=args.json)
+    return run_fit([out], point=point, count=count, plot=out / "isoflops.png", save=out / "law.json",
+                   as_json=as_json)

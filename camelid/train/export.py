@@ -39,19 +39,3 @@ def export_checkpoint(src: str | Path, dst: str | Path, to: str = "camelid", dty
     ckpt.load_model_weights(step_dir, model)
     tok = state.get("tokenizer")
     return save_model(model, dst, format=to, tokenizer_path=tok if tok and Path(tok).exists() else None, dtype=dtype)
-
-
-def add_arguments(p) -> None:
-    p.description = ("Export a training checkpoint (any number of ranks, any FSDP/TP layout) to a single "
-                     "camelid, Hugging Face or Meta checkpoint.")
-    p.add_argument("src", help="a run directory (newest checkpoint) or a checkpoints/step_N directory")
-    p.add_argument("dst", help="output directory")
-    p.add_argument("--to", default="camelid", choices=["camelid", "hf", "meta"])
-    p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="cast weights (default: keep fp32)")
-
-
-def run(args) -> int:
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
-    out = export_checkpoint(args.src, args.dst, args.to, dtype)
-    print(f"exported {resolve_checkpoint(args.src)} -> {out} ({args.to})")
-    return 0

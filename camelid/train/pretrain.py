@@ -7,7 +7,6 @@ final weights in camelid format, with the tokenizer) and summary.json.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -166,34 +165,11 @@ def pretrain(cfg: Config, run_dir: str | Path, resume: bool = False, dist_info: 
     return run_stage(PRETRAIN, cfg, run_dir, resume=resume, dist_info=dist_info, parallelize=parallelize)
 
 
-# ------------------------------------------------------------------------------------------------------- CLI
-
-def add_arguments(p) -> None:
-    p.description = ("Pre-train a LLaMA model on prepared token shards. Settings come from a TOML recipe "
-                     "(--config: a file or a shipped name such as quickstart, llama1-7b, llama2-70b), then --set.")
-    p.add_argument("--config", default=None, help="recipe file or shipped recipe name (default: quickstart)")
-    p.add_argument("--out", default="runs/pretrain", help="run directory")
-    p.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
-    p.add_argument("--ckpt-every", type=int, default=None, help="override checkpoint.every")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument("--profile", action="store_true",
-                   help="write a torch.profiler trace (and a CUDA memory snapshot) of 3 steps to RUN_DIR/profile")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any setting, e.g. --set train.lr=1e-3 --set model.preset=mini")
-
-
-def config_from_args(args) -> Config:
-    flags = {"train.max_steps": args.max_steps, "checkpoint.every": args.ckpt_every,
-             "log.profile_steps": 3 if getattr(args, "profile", False) else None}
-    return stage_config(PRETRAIN, args.config, flag_overrides(flags) + list(args.overrides), args.out, args.resume)
-
-
-def run(args) -> int:
-    from camelid.parallel.launch import maybe_distributed
-
-    cfg = config_from_args(args)
-    with maybe_distributed(cfg) as parallelize:
-        summary = pretrain(cfg, args.out, resume=args.resume, parallelize=parallelize)
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("model_args", "epochs")}, indent=2))
-    print(f"weights: {Path(args.out) / 'model'}  (plot: camelid plot {args.out})")
-    return 0
+def pretrain_config(recipe: str | Path | None = None, out: str | Path = "runs/pretrain", resume: bool = False, *,
+                    max_steps: int | None = None, ckpt_every: int | None = None, profile: bool = False,
+                    overrides: list[str] | None = None) -> Config:
+    """Pre-training's config as `camelid pretrain` makes it: the recipe (default: quickstart; on resume, the
+    run's own config.toml), then max_steps, ckpt_every and profile (3 steps traced) when given, then `overrides`."""
+    flags = {"train.max_steps": max_steps, "checkpoint.every": ckpt_every,
+             "log.profile_steps": 3 if profile else None}
+    return stage_config(PRETRAIN, recipe, flag_overrides(flags) + list(overrides or []), out, resume)

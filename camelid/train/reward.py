@@ -337,31 +337,11 @@ def train_reward_model(cfg: RMConfig, run_dir: str | Path, resume: bool = False)
     return run_stage(RM, cfg, run_dir, resume=resume)
 
 
-# ------------------------------------------------------------------------------------------------------- CLI
-
-def add_arguments(p) -> None:
-    p.description = ("Train a helpfulness or safety reward model (Llama-2 §3.2.2) from an SFT checkpoint: scalar "
-                     "head, ranking loss with a rating margin, one epoch, LR 1e-5 cosine to 10%, warmup 3%, 512 "
-                     "pairs per batch. Prints held-out accuracy per rating (Table 8 layout).")
-    p.add_argument("--model", help="SFT checkpoint to start from")
-    p.add_argument("--data", default=None, help="JSONL preference pairs, or 'proving-ground'")
-    p.add_argument("--kind", choices=["helpful", "safety"], default=None)
-    p.add_argument("--margin", choices=["none", "small", "large"], default=None)
-    p.add_argument("--base", default=None, help="proving ground: a base model whose answers join the candidates")
-    p.add_argument("--config", default=None, help="recipe file or name (default: Llama-2's settings, RMConfig)")
-    p.add_argument("--out", default="runs/rm", help="run directory")
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-
-
-def run(args) -> int:
-    flags = {"model.init_from": args.model, "rm.data": args.data, "rm.kind": args.kind, "rm.margin": args.margin,
-             "rm.base_model": args.base, "train.max_steps": args.max_steps}
-    cfg = stage_config(RM, args.config, flag_overrides(flags) + list(args.overrides), args.out, args.resume)
-    report = train_reward_model(cfg, args.out, resume=args.resume)
-    if "accuracy" in report:
-        print(format_table(report["accuracy"], f"held-out accuracy (%) of the {cfg.rm.kind} reward model, "
-                                               f"margin {cfg.rm.margin}:"))
-    print(f"reward model: {Path(args.out) / 'model'}; report: {Path(args.out) / 'rm_report.json'}")
-    return 0
+def rm_config(recipe: str | Path | None = None, out: str | Path = "runs/rm", resume: bool = False, *,
+              model: str | None = None, data: str | None = None, kind: str | None = None, margin: str | None = None,
+              base: str | None = None, max_steps: int | None = None, overrides: list[str] | None = None) -> RMConfig:
+    """A reward model's config as `camelid rm` makes it: RMConfig's defaults < the recipe (on resume without one,
+    the run's own config.toml) < the SFT model, data, kind, margin, base model and max_steps when given < `overrides`."""
+    flags = {"model.init_from": model, "rm.data": data, "rm.kind": kind, "rm.margin": margin, "rm.base_model": base,
+             "train.max_steps": max_steps}
+    return stage_config(RM, recipe, flag_overrides(flags) + list(overrides or []), out, resume)

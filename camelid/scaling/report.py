@@ -1,15 +1,15 @@
-"""`camelid scaling optimal | fit | sweep | serve-aware`: Chinchilla's laws, your own fit, and LLaMA's trade-off."""
+"""What `camelid scaling optimal` and `camelid scaling serve-aware` print and draw: compute-optimal N and D
+under Chinchilla's laws (and its Table 3), and the model size that LLaMA's trade-off (training plus lifetime
+inference compute) prefers. `camelid scaling fit` is camelid.scaling.fit.run_fit."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 
 from camelid.errors import CamelidError
 from camelid.plot import save_figure
-from camelid.scaling import sweep
 from camelid.scaling.inference import inference_table, total_flops
 from camelid.scaling.laws import (CHINCHILLA_TABLE3, LAWS, METHODS, ParametricLaw, compute_optimal,
                                   fmt_count, parse_count, print_json)
@@ -45,70 +45,6 @@ def _model_params(name: str) -> int:
         return preset(name).num_params()
     except ValueError as e:
         raise CamelidError(str(e))
-
-
-# ------------------------------------------------------------------------------------------ arguments
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-
-    p = sub.add_parser("optimal", formatter_class=fmt,
-                       help="compute-optimal parameters and tokens (Chinchilla approaches 1-3 and the 2024 refit)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--flops", help="training compute C = 6ND, e.g. 5.88e23")
-    g.add_argument("--params", help="model size N, e.g. 7B")
-    g.add_argument("--tokens", help="training tokens D, e.g. 1.4T")
-    g.add_argument("--table3", action="store_true", help="reproduce Chinchilla's Table 3 with every method")
-    p.add_argument("--plot", metavar="PNG", help="draw N_opt(C) of every method with Table 3 and the LLaMA models")
-    p.add_argument("--json", action="store_true", help="print JSON")
-
-    p = sub.add_parser("fit", formatter_class=fmt,
-                       help="fit L(N, D) = E + A/N^alpha + B/D^beta to your runs; IsoFLOP plot")
-    p.add_argument("runs", nargs="*", metavar="RUN_DIR",
-                   help="run directories (metrics.jsonl + summary.json) or folders of them")
-    p.add_argument("--csv", action="append", default=[], metavar="FILE",
-                   help="extra points from a CSV with columns params, tokens, loss")
-    p.add_argument("--point", choices=["final", "best", "all"], default="final",
-                   help="which validation rows of a run become points")
-    p.add_argument("--count", choices=["total", "non-embedding"], default="total",
-                   help="parameter count: all (Chinchilla) or non-embedding (Kaplan)")
-    p.add_argument("--delta", type=float, default=1e-3, help="Huber delta on log-loss residuals")
-    p.add_argument("--bootstrap", type=int, default=0, metavar="K", help="bootstrap resamples for intervals")
-    p.add_argument("--budgets", help="comma-separated FLOP budgets for the frontier (default: decades over the runs)")
-    p.add_argument("--plot", metavar="PNG", help="IsoFLOP figure (default: isoflops.png beside the runs)")
-    p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--save", metavar="JSON", help="write the fitted law (for `serve-aware --law FILE`)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-
-    p = sub.add_parser("sweep", formatter_class=fmt,
-                       help="train a grid of tiny models with `camelid pretrain` and fit them")
-    sweep.add_arguments(p)
-
-    p = sub.add_parser("serve-aware", formatter_class=fmt,
-                       help="model size minimising training + lifetime inference compute for a target loss")
-    p.add_argument("--loss", type=float, help="target loss (nats/token, on the law's scale)")
-    p.add_argument("--model", help="target the loss of this preset (e.g. llama2-7b) ...")
-    p.add_argument("--params", help="... or of a model with this many parameters ...")
-    p.add_argument("--tokens", help="... trained on this many tokens (e.g. 2T)")
-    p.add_argument("--served", default="0,100B,1T,10T,100T",
-                   help="comma-separated lifetime inference tokens")
-    p.add_argument("--law", default="besiroglu", help="chinchilla, besiroglu, or a JSON file from `scaling fit --save`")
-    p.add_argument("--plot", metavar="PNG", help="draw total compute against N for each served count")
-    p.add_argument("--json", action="store_true", help="print JSON")
-
-
-def run(args) -> int:
-    if args.action == "optimal":
-        return run_optimal(args)
-    if args.action == "fit":
-        return run_fit(args)
-    if args.action == "sweep":
-        return sweep.run(args)
-    if args.action == "serve-aware":
-        return run_serve_aware(args)
-    raise CamelidError(f"unknown action {args.action!r}")
 
 
 # ------------------------------------------------------------------------------------------ optimal
@@ -190,20 +126,24 @@ def plot_optimal(path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
-def run_optimal(args) -> int:
+def run_optimal(*, flops: str | float | None = None, params: str | float | None = None,
+                tokens: str | float | None = None, table3: bool = False, plot: str | Path | None = None,
+                as_json: bool = False) -> int:
+    """Print the compute-optimal allocation for one of flops, params or tokens (counts such as 7B or 1.4T), or
+    Chinchilla's Table 3 against every method; `plot`: also draw N_opt(C); as JSON with `as_json`."""
     out: dict = {}
-    if args.table3:
+    if table3:
         out["table3"] = table3_rows()
-    elif args.flops or args.params or args.tokens:
+    elif flops or params or tokens:
         out.update(compute_optimal(
-            flops=parse_count(args.flops, "--flops") if args.flops else None,
-            params=parse_count(args.params, "--params") if args.params else None,
-            tokens=parse_count(args.tokens, "--tokens") if args.tokens else None))
-    elif not args.plot:
+            flops=parse_count(flops, "--flops") if flops else None,
+            params=parse_count(params, "--params") if params else None,
+            tokens=parse_count(tokens, "--tokens") if tokens else None))
+    elif not plot:
         raise CamelidError("give one of --flops, --params, --tokens or --table3 (or --plot)")
-    if args.plot:
-        out["plot"] = str(plot_optimal(args.plot))
-    if args.json:
+    if plot:
+        out["plot"] = str(plot_optimal(plot))
+    if as_json:
         print_json(out)
         return 0
     if "table3" in out:
@@ -213,18 +153,6 @@ def run_optimal(args) -> int:
     if "plot" in out:
         print(f"wrote {out['plot']}")
     return 0
-
-
-# ------------------------------------------------------------------------------------------ fit
-
-
-def run_fit(args) -> int:
-    from camelid.scaling import fit
-
-    budgets = [parse_count(x, "budget") for x in args.budgets.split(",")] if args.budgets else None
-    return fit.run_fit(args.runs, args.csv, point=args.point, count=args.count, delta=args.delta,
-                       bootstrap=args.bootstrap, budgets=budgets, plot=args.plot, draw=not args.no_plot,
-                       save=args.save, as_json=args.json)
 
 
 # ------------------------------------------------------------------------------------------ serve-aware
@@ -299,33 +227,38 @@ def plot_serve_aware(law: ParametricLaw, t: dict, path: str | Path, ref_label: s
     return save_figure(fig, path)
 
 
-def run_serve_aware(args) -> int:
-    law = load_law(args.law)
+def run_serve_aware(*, law: str | ParametricLaw = "besiroglu", loss: float | None = None, model: str | None = None,
+                    params: str | float | None = None, tokens: str | float | None = None,
+                    served: str = "0,100B,1T,10T,100T", plot: str | Path | None = None, as_json: bool = False) -> int:
+    """Print the model size that minimises training + lifetime inference compute for a target loss: `loss`, or
+    the loss of a preset `model` (or of `params` parameters) trained on `tokens`, for each count of comma-separated
+    `served` tokens, under `law` (or the law load_law finds by that name); `plot`: also draw it; JSON with `as_json`."""
+    law = load_law(law) if isinstance(law, str) else law
     reference, ref_label = None, None
-    if args.loss is not None:
-        if args.model or args.params or args.tokens:
+    if loss is not None:
+        if model or params or tokens:
             raise CamelidError("give --loss, or a model (--model or --params) with --tokens, not both")
-        target = args.loss
+        target = loss
     else:
-        if not args.tokens or not (args.model or args.params) or (args.model and args.params):
+        if not tokens or not (model or params) or (model and params):
             raise CamelidError("give --loss L, or --model PRESET (or --params N) with --tokens D")
-        n = _model_params(args.model) if args.model else parse_count(args.params, "--params")
-        d = parse_count(args.tokens, "--tokens")
+        n = _model_params(model) if model else parse_count(params, "--params")
+        d = parse_count(tokens, "--tokens")
         if n <= 0 or d <= 0:
             raise CamelidError("--params and --tokens must be positive")
         reference = (float(n), d)
-        ref_label = f"{args.model} on {fmt_count(d)} tokens" if args.model else f"{fmt_count(n)} on {fmt_count(d)} tokens"
+        ref_label = f"{model} on {fmt_count(d)} tokens" if model else f"{fmt_count(n)} on {fmt_count(d)} tokens"
         target = float(law.loss(n, d))
-    served = [parse_count(x, "--served") for x in args.served.split(",") if x.strip()]
-    if not served:
+    counts = [parse_count(x, "--served") for x in served.split(",") if x.strip()]
+    if not counts:
         raise CamelidError("--served needs at least one value")
-    t = inference_table(law, target, served, reference)
-    if args.plot:
-        t["plot"] = str(plot_serve_aware(law, t, args.plot, ref_label))
-    if args.json:
+    t = inference_table(law, target, counts, reference)
+    if plot:
+        t["plot"] = str(plot_serve_aware(law, t, plot, ref_label))
+    if as_json:
         print_json(t)
         return 0
     print(_serve_aware_text(t, law, ref_label))
-    if args.plot:
+    if plot:
         print(f"wrote {t['plot']}")
     return 0

@@ -5,12 +5,11 @@ from __future__ import annotations
 import sys
 import time
 
+from camelid.cli.common import add_model_arguments, add_sampling_arguments, model_from_flags
 from camelid.errors import CamelidError
 
 
 def add_arguments(p) -> None:
-    from camelid.infer.load import add_model_arguments, add_sampling_arguments
-
     p.description = "Generate text from a prompt with a trained model, streaming it to the terminal."
     add_model_arguments(p)
     p.add_argument("--prompt", required=True, help="the prompt text ('-' reads it from stdin)")
@@ -26,7 +25,6 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from camelid.chat_format import encode_dialog
     from camelid.infer.engine import Engine, Request
-    from camelid.infer.load import load_model_and_tokenizer
     from camelid.infer.sampling import SamplingParams
     from camelid.infer.text import TextStream
 
@@ -36,7 +34,7 @@ def run(args) -> int:
         sp = SamplingParams(args.temperature, args.top_p, args.top_k)
     except ValueError as e:
         raise CamelidError(str(e)) from None
-    model, tok = load_model_and_tokenizer(args.model, args.tokenizer, args.device, args.dtype, args.threads)
+    model, tok = model_from_flags(args)
     text = sys.stdin.read() if args.prompt == "-" else args.prompt
     if args.chat:
         msgs = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": text}]
