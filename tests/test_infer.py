@@ -326,3 +326,29 @@ def test_chat_command(checkpoint, capsys, monkeypatch):
     assert e.value.code == 0
     err = capsys.readouterr().err
     assert "system prompt set" in err and "refused" in err and "conversation reset" in err and "unknown command" in err
+
+
+def test_chat_survives_a_line_that_is_not_utf8(checkpoint, tmp_path):
+    """Bytes that are not UTF-8 typed (or piped) into `camelid chat`: one notice, then the session goes on."""
+    import subprocess
+
+    from tests.conftest import ENV
+
+    r = subprocess.run([sys.executable, "-m", "camelid", "chat", "--model", str(checkpoint), "--max-new-tokens", "3",
+                        "--seed", "0"], input=b"caf\xe9 \xff\nhello\n/reset\n/quit\n", capture_output=True,
+                       env={**ENV, "PYTHONIOENCODING": "utf-8:strict"}, timeout=120)
+    err = r.stderr.decode()
+    assert r.returncode == 0, err[-2000:]
+    assert "not valid UTF-8; type it again" in err and "conversation reset" in err and "Traceback" not in err
+
+
+def test_debug_shows_the_traceback_behind_a_user_error(tmp_path):
+    import subprocess
+
+    from tests.conftest import ENV
+
+    argv = [sys.executable, "-m", "camelid", "generate", "--model", str(tmp_path / "nowhere"), "--prompt", "x"]
+    plain = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=120)
+    debug = subprocess.run(argv + ["--debug"], capture_output=True, text=True, env=ENV, timeout=120)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr and "nowhere" in plain.stderr
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "CamelidError" in debug.stderr

@@ -45,3 +45,20 @@ def test_ppo_lists_every_model_and_the_rollout_cache():
 def test_a_layout_that_fits_is_suggested():
     p = plan_stage(preset("llama2-70b"), "ppo", model_name="llama2-70b", gpus=16, gpu="a100", tp=1)
     assert not p.fits and any("to make it fit" in n or "no tp" in n for n in p.notes)
+
+
+def test_plan_stage_command_lists_each_model(capsys):
+    import json
+
+    from camelid.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["plan", "--stage", "ppo", "--model", "llama2-70b", "--gpus", "64", "--gpu", "h100", "--json"])
+    assert e.value.code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["stage"] == "ppo" and out["peak_gib"] > 0
+    assert {"value model (trained): states", "reference policy (frozen, bf16)", "safety RM (frozen, bf16)"} <= \
+        set(out["resident_gib"])
+    with pytest.raises(SystemExit) as e:
+        main(["plan", "--model", "llama2-7b", "--gpus", "8"])
+    assert e.value.code == 2 and "--tokens" in capsys.readouterr().err

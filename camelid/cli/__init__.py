@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Callable, NamedTuple
 
@@ -39,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("camelid.cli.chat", "chat with a model in the terminal (Llama-2 chat format, streaming)"),
     "serve": ("camelid.cli.serve", "OpenAI-compatible HTTP server with continuous batching and a web chat page"),
     "scaling": ("camelid.cli.scaling:scaling", "Chinchilla scaling laws: compute-optimal N and D, fit your runs, inference-aware sizing"),
-    "plan": ("camelid.cli.scaling:plan", "plan a pre-training run: memory per GPU, step time, days and GPU-hours"),
+    "plan": ("camelid.cli.scaling:plan", "plan a run: memory per GPU, step time, days and GPU-hours (--stage sft|rm|rs|ppo for post-training)"),
 }
 
 
@@ -59,7 +60,8 @@ def load_command(target: str):
 def _top_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="camelid",
-        description="LLaMA-1 / Llama-2 training system. Run `camelid COMMAND --help` for a command's options.",
+        description="LLaMA-1 / Llama-2 training system. Run `camelid COMMAND --help` for a command's options; "
+                    "`camelid COMMAND ... --debug` shows the traceback behind an error.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="commands:\n" + "\n".join(f"  {n:<12} {h}" for n, (_, h) in COMMANDS.items()),
     )
@@ -74,7 +76,11 @@ def main(argv: list[str] | None = None) -> None:
         _top_parser().parse_args(argv[:1] or ["--help"])
         return
     name, rest = argv[0], argv[1:]
+    debug = "--debug" in rest  # a user error shows its traceback too
+    rest = [a for a in rest if a != "--debug"]
     target, help_text = COMMANDS[name]
+    if int(os.environ.get("RANK", "0")) > 0:
+        sys.stdout = open(os.devnull, "w")  # under torchrun rank 0 speaks for all; errors still reach stderr
     try:
         command = load_command(target)
         parser = argparse.ArgumentParser(prog=f"camelid {name}", description=help_text,
@@ -86,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         print("\ninterrupted", file=sys.stderr)
         code = 130
     except CamelidError as e:
+        if debug:
+            raise
         print(f"camelid {name}: error: {e}", file=sys.stderr)
         code = 2
     except ModuleNotFoundError as e:

@@ -36,14 +36,21 @@ def run(args) -> int:
 def repl(session) -> None:
     """Read lines from stdin until /quit or its end: a command, or a message answered as it streams."""
     interactive = sys.stdin.isatty()
+    if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 reach us as lone surrogates, line by line
+        sys.stdin.reconfigure(errors="surrogateescape")
     while True:
         try:
             line = input("you> " if interactive else "")
         except EOFError:
             break
+        except UnicodeDecodeError:
+            line = "\udcff"
         except KeyboardInterrupt:
             print()
             break
+        if any("\udc80" <= ch <= "\udcff" for ch in line):  # another terminal encoding, or pasted bytes
+            print("[that line is not valid UTF-8; type it again]", file=sys.stderr)
+            continue
         line = line.strip()
         if not line:
             continue

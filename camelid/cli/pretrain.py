@@ -21,13 +21,11 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from camelid.parallel.launch import maybe_distributed
     from camelid.train.pretrain import pretrain, pretrain_config
 
     cfg = pretrain_config(args.config, args.out, args.resume, max_steps=args.max_steps, ckpt_every=args.ckpt_every,
                           profile=args.profile, overrides=args.overrides)
-    with maybe_distributed(cfg) as parallelize:
-        summary = pretrain(cfg, args.out, resume=args.resume, parallelize=parallelize)
+    summary = pretrain(cfg, args.out, resume=args.resume)  # under torchrun the stage runner shards the model
     print(json.dumps({k: v for k, v in summary.items() if k not in ("model_args", "epochs")}, indent=2))
     print(f"weights: {Path(args.out) / 'model'}  (plot: camelid plot {args.out})")
     return 0

@@ -128,7 +128,11 @@ def run_sweep(args) -> int:
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="model preset (llama1-7b ... llama2-70b, tiny, ...) or a recipe .toml")
-    parser.add_argument("--tokens", required=True, help="training tokens, e.g. 1.4T")
+    parser.add_argument("--stage", default="pretrain", choices=["pretrain", "sft", "rm", "rs", "ppo"],
+                        help="pretrain: memory, time and cost of the run; a post-training stage: memory per GPU "
+                             "with every model it holds (PPO: policy, value, reference, two reward models, "
+                             "rollout KV cache)")
+    parser.add_argument("--tokens", help="training tokens, e.g. 1.4T (pretrain)")
     parser.add_argument("--gpus", type=int, required=True, help="number of GPUs")
     parser.add_argument("--gpu", default="a100", choices=list(GPUS), help="GPU type")
     g = parser.add_mutually_exclusive_group()
@@ -143,11 +147,25 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-flash", action="store_true", help="attention that stores the s x s scores")
     parser.add_argument("--flops-per-token", default="6N", choices=["6N", "palm"],
                         help="model FLOPs per token: 6N, or PaLM's 6N + 12·L·h·s with attention")
+    parser.add_argument("--rollout-batch", type=int, default=512,
+                        help="rs/ppo: sequences sampled per iteration over all ranks (Llama-2: 512)")
+    parser.add_argument("--rollout-tokens", type=int, default=None,
+                        help="rs/ppo: prompt + answer tokens per sampled sequence (default: the context)")
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
 def run_plan(args) -> int:
     model = load_model_args(args.model)
+    if args.stage != "pretrain":
+        from camelid.scaling.post_training import describe_stage_plan, plan_stage
+
+        sp = plan_stage(model, args.stage, model_name=args.model, gpus=args.gpus, gpu=args.gpu, tp=args.tp,
+                        ac=args.ac, seq_len=args.seq_len, micro_batch=args.micro_batch,
+                        rollout_batch=args.rollout_batch, rollout_tokens=args.rollout_tokens)
+        print(json.dumps(sp.to_dict(), indent=2) if args.json else describe_stage_plan(sp))
+        return 0
+    if not args.tokens:
+        raise CamelidError("--tokens: how many tokens will pre-training see? (e.g. --tokens 1.4T)")
     tokens = parse_count(args.tokens, "--tokens")
     batch = parse_count(args.batch_tokens, "--batch-tokens")
     if batch != int(batch) or batch < 1:
