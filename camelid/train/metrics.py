@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from pathlib import Path
 
 import torch
 
-from camelid.fsutil import atomic_write_text
+from camelid.errors import CamelidError
+from camelid.fsutil import atomic_write_text, reporting_disk_full
 from camelid.runlog import METRICS_FILE, read_metrics  # noqa: F401  (read_metrics: read back what MetricsLog wrote)
 
 # Dense bf16 peak FLOP/s (no sparsity) of the usual training GPUs.
@@ -57,8 +60,7 @@ class MetricsLog:
         self.enabled = enabled
         if enabled and resume_step is not None and self.path.exists():
             # Rows written after the checkpoint we resume from will be written again: drop them.
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [line for line, row in self._rows() if row.get("step", 0) <= resume_step]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         elif enabled and resume_step is None and self.path.exists():
             self.path.unlink()
@@ -70,11 +72,45 @@ class MetricsLog:
             except ImportError:
                 print("tensorboard is not installed (pip install tensorboard); logging to metrics.jsonl only")
 
+    def _rows(self) -> list[tuple[str, dict]]:
+        """(line, row) of the file so far. A torn last line (a crash or a full disk mid-write) is dropped with a
+        warning; a line that is not a JSON object anywhere else is an error naming it."""
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        while lines and not lines[-1].strip():
+            lines.pop()
+        out = []
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if isinstance(row, dict):
+                out.append((line, row))
+            elif i == len(lines):
+                print(f"warning: {self.path}:{i}: dropped a torn last line (the run was stopped mid-write): {line[:60]!r}")
+            else:
+                raise CamelidError(f"{self.path}:{i}: not a JSON object; fix or delete the line, then --resume again")
+        return out
+
     def write(self, row: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        data = memoryview((json.dumps(row) + "\n").encode("utf-8"))
+        with reporting_disk_full(self.path):
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                start = os.lseek(fd, 0, os.SEEK_END)
+                try:
+                    while data:
+                        data = data[os.write(fd, data):]
+                except OSError:
+                    with contextlib.suppress(OSError):  # no torn line left behind: cut back to the last whole row
+                        os.ftruncate(fd, start)
+                    raise
+            finally:
+                os.close(fd)
         if self.tb is not None:
             prefix = row.get("split", "train")
             for k, v in row.items():
