@@ -57,9 +57,9 @@ def reporting_disk_full(path: str | os.PathLike):
     """Turn a full disk while writing `path` into one line: "disk full while writing PATH" (DiskFull)."""
     try:
         yield
-    except DiskFull:
+    except (DiskFull, KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
-    except Exception as e:
+    except BaseException as e:  # DCP's CheckpointException is a BaseException
         cause = disk_full_cause(e, path)
         if cause is None:
             raise

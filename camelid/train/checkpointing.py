@@ -110,7 +110,15 @@ class SafeLoadPlanner(DefaultLoadPlanner):
     torch.load(weights_only=True), not as arbitrary pickles."""
 
     def load_bytes(self, read_item, value: io.BytesIO) -> None:
-        obj = torch.load(value, weights_only=True)
+        try:
+            obj = torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "Weights only load failed" not in str(e):
+                raise
+            unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+            raise CheckpointError(f"refused to load {read_item.dest_index.fqn}: it asks for "
+                                  f"{unsafe.group(1) if unsafe else 'a global outside the weights-only allowlist'}, "
+                                  f"which a training checkpoint never contains; nothing from it was run") from None
         if self.flatten_state_dict:
             from torch.distributed.checkpoint._traverse import set_element
 
@@ -133,12 +141,12 @@ def _dcp_load(state: dict, path: Path) -> None:
     reader.read_metadata()  # refuse or report here, outside DCP's wrapping of errors
     try:
         dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner())
-    except CamelidError:
+    except (CamelidError, KeyboardInterrupt, SystemExit):
         raise
-    except Exception as e:
+    except BaseException as e:  # DCP's CheckpointException is a BaseException
         cause = _first_failure(e)
-        if isinstance(cause, CamelidError):
-            raise cause from None
+        if isinstance(cause, CheckpointError):
+            raise CheckpointError(f"{path}: {cause}") from None
         raise DamagedCheckpoint(f"{path}: could not be read ({type(cause).__name__}: {str(cause)[:300]})") from None
 
 
