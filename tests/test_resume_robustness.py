@@ -444,3 +444,47 @@ def test_bad_preference_lines_name_file_line_and_the_fix(tmp_path, line, message
     with pytest.raises(CamelidError, match=message):
         load_pairs(p)
     assert len(load_pairs(p, skip_bad=True)) == 1
+
+
+# ------------------------------------------------------------------------------------ the same, from the CLI
+
+@pytest.fixture(scope="module")
+def small_tokenizer(tmp_path_factory):
+    from pydoc_data.topics import topics
+
+    from camelid.tokenizer import Tokenizer
+
+    return Tokenizer.train(list(topics.values()), tmp_path_factory.mktemp("tok512"), vocab_size=512).model_path
+
+
+def test_pretrain_refuses_another_tokenizer_than_the_datas(smoke_run, small_tokenizer, tmp_path):
+    data = smoke_run[0] / "data"
+    want = json.loads((data / "manifest.json").read_text())["tokenizer"]
+    r = camelid("pretrain", "--out", tmp_path / "r", "--max-steps", 1, "--set", f"data.dir={data}",
+                "--set", f"data.tokenizer={small_tokenizer}")
+    assert r.returncode == 2, r.stderr[-2000:]
+    line = r.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert f"data.tokenizer: {small_tokenizer} (512 pieces" in line
+    assert f"is not the tokenizer the data in {data} was prepared with ({want['vocab_size']} pieces, " \
+           f"sha256 {want['sha256'][:12]}" in line
+    assert not (tmp_path / "r" / "model").exists() and not (tmp_path / "r" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("log.every=0", "log.every: must be a positive number of steps, got 0"),
+    ("train.device=cuda", "train.device: cuda asked for, but this machine has no usable CUDA GPU"),
+    ("out-is-a-file", "cannot be the run directory (--out): it is a file"),
+    ("out-under-a-file", "is a file"),
+])
+def test_pretrain_one_line_errors(smoke_run, tmp_path, case, message):
+    if case == "train.device=cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "r"
+    if case.startswith("out-"):
+        (tmp_path / "f").write_text("x")
+        out = tmp_path / "f" if case == "out-is-a-file" else tmp_path / "f" / "r"
+    sets = ["--set", f"data.dir={smoke_run[0] / 'data'}"] + ([] if case.startswith("out-") else ["--set", case])
+    r = camelid("pretrain", "--out", out, "--max-steps", 1, *sets)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert message in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
