@@ -10,9 +10,8 @@ from pathlib import Path
 
 import torch
 
-from camelid.errors import CamelidError
 from camelid.fsutil import atomic_write_text, reporting_disk_full
-from camelid.runlog import METRICS_FILE, read_metrics  # noqa: F401  (read_metrics: read back what MetricsLog wrote)
+from camelid.runlog import METRICS_FILE, metric_lines, read_metrics  # noqa: F401  (read_metrics: read back what MetricsLog wrote)
 
 # Dense bf16 peak FLOP/s (no sparsity) of the usual training GPUs.
 GPU_PEAK_BF16 = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
@@ -60,7 +59,12 @@ class MetricsLog:
         self.enabled = enabled
         if enabled and resume_step is not None and self.path.exists():
             # Rows written after the checkpoint we resume from will be written again: drop them.
-            kept = [line for line, row in self._rows() if row.get("step", 0) <= resume_step]
+            # A torn last line (a crash or a full disk mid-write) is dropped; a bad line elsewhere is an error.
+            def torn(where, line):
+                print(f"warning: {where}: dropped a torn last line (the run was stopped mid-write): {line[:60]!r}")
+
+            kept = [line for line, row in metric_lines(self.path, on_torn=torn)
+                    if isinstance(row, dict) and row.get("step", 0) <= resume_step]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         elif enabled and resume_step is None and self.path.exists():
             self.path.unlink()
@@ -71,28 +75,6 @@ class MetricsLog:
                 self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
             except ImportError:
                 print("tensorboard is not installed (pip install tensorboard); logging to metrics.jsonl only")
-
-    def _rows(self) -> list[tuple[str, dict]]:
-        """(line, row) of the file so far. A torn last line (a crash or a full disk mid-write) is dropped with a
-        warning; a line that is not a JSON object anywhere else is an error naming it."""
-        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
-        while lines and not lines[-1].strip():
-            lines.pop()
-        out = []
-        for i, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                row = None
-            if isinstance(row, dict):
-                out.append((line, row))
-            elif i == len(lines):
-                print(f"warning: {self.path}:{i}: dropped a torn last line (the run was stopped mid-write): {line[:60]!r}")
-            else:
-                raise CamelidError(f"{self.path}:{i}: not a JSON object; fix or delete the line, then --resume again")
-        return out
 
     def write(self, row: dict) -> None:
         if not self.enabled:
