@@ -5,6 +5,13 @@ trainer_state.json (step, tokens, data-sampler state, ...) and rng_rankN.pt. A c
 under a `.partial` name and renamed only once every rank has finished, so a crash mid-write never
 replaces the last good one, and resume only ever sees complete checkpoints. DCP reshards on load, so a
 run can resume on a different number of ranks or layout.
+
+Loading never runs code from a checkpoint: DCP's .metadata (a pickle) is read by an unpickler that admits
+only DCP's metadata classes (SafeFileSystemReader), non-tensor values are read weights-only
+(SafeLoadPlanner). A checkpoint that is complete by name but damaged later (a shard missing or shorter than
+.metadata says, a corrupt trainer_state.json or .metadata) raises DamagedCheckpoint, and Trainer.resume
+falls back to the previous one. A full disk while saving is "disk full while writing PATH" (DiskFull), and
+the half-written .partial is removed.
 """
 
 from __future__ import annotations
