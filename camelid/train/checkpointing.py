@@ -246,10 +246,13 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, trainer_state: d
             if _rank() == 0:
                 (partial / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
                 fsync_tree(partial)
-                if final.exists():  # re-saving the same step (e.g. after a resume): swap atomically
-                    shutil.rmtree(final)
+                old = root / f".step_{step:08d}.old"
+                if final.exists():  # re-saving the same step (e.g. after a resume): the old one goes only after
+                    shutil.rmtree(old, ignore_errors=True)  # the new one is in place (a crash between the two
+                    final.rename(old)  # renames leaves the previous checkpoint to resume from)
                 partial.rename(final)
                 fsync_dir(root)
+                shutil.rmtree(old, ignore_errors=True)
     except CamelidError:
         if _rank() == 0:  # never renamed, so never trusted; removed to give the space back
             shutil.rmtree(partial, ignore_errors=True)
