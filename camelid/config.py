@@ -270,6 +270,20 @@ def validate(cfg) -> None:
         need(t.max_steps >= 0 and t.max_tokens >= 0, "train.max_steps", "must be >= 0")
         need(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1", "betas must be within [0, 1)")
         need(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
+    log = getattr(cfg, "log", None)
+    if log is not None:
+        if not (isinstance(log.every, int) and log.every >= 1):
+            raise ConfigError(f"log.every: must be a positive number of steps, got {log.every!r}")
+        if log.val_every < 0:
+            raise ConfigError(f"log.val_every: must be >= 0 (0: only at the end), got {log.val_every!r}")
+        if log.val_batches < 1:
+            raise ConfigError(f"log.val_batches: must be positive, got {log.val_batches!r}")
+    ck = getattr(cfg, "checkpoint", None)
+    if ck is not None:
+        if ck.every < 0:
+            raise ConfigError(f"checkpoint.every: must be >= 0 (0: only at the end), got {ck.every!r}")
+        if ck.keep < 0:
+            raise ConfigError(f"checkpoint.keep: must be >= 0 (0: keep all), got {ck.keep!r}")
     data = getattr(cfg, "data", None)
     if data is not None and hasattr(data, "seq_len"):
         if data.seq_len <= 0:

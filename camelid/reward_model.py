@@ -78,6 +78,8 @@ RATING_ALIASES = {"unsure": "negligibly_better", "negligibly_better_or_unsure": 
 
 
 def normalize_rating(rating: str | None) -> str:
+    if rating is not None and not isinstance(rating, str):
+        raise ValueError(f"rating {rating!r} is not one of the allowed ratings: {', '.join(RATINGS)} (or unsure)")
     r = (rating or "negligibly_better").strip().lower()
     r = RATING_ALIASES.get(r, r).replace(" ", "_").replace("-", "_")
     if r not in RATINGS:

@@ -102,7 +102,8 @@ def load_pairs(path: str | Path, skip_bad: bool = False) -> list[PreferencePair]
     def bad_json(where, e):
         nonlocal bad
         if not skip_bad:
-            raise CamelidError(f"{where}: invalid JSON ({e.msg}); fix the line or pass --skip-bad") from None
+            raise CamelidError(f"{where}: invalid JSON ({e.msg}); fix the line, or skip such lines with "
+                               f"--set rm.skip_bad=true") from None
         bad += 1
 
     for where, row in iter_jsonl(path, on_bad=bad_json):

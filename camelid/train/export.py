@@ -6,7 +6,6 @@ into a plain single-process model here.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -17,11 +16,13 @@ from camelid.model import ModelArgs, Transformer
 from camelid.train import checkpointing as ckpt
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
+def resolve_checkpoint(path: str | Path, warn=print) -> Path:
+    """A checkpoints/step_N directory as given, or a run directory's newest usable checkpoint (an incomplete
+    or corrupt newer one is skipped with a warning)."""
     path = Path(path)
     if (path / "trainer_state.json").exists():
         return path
-    latest = ckpt.latest_checkpoint(path)
+    latest = ckpt.latest_usable_checkpoint(path, warn=warn)
     if latest is None:
         raise CamelidError(f"{path}: neither a training checkpoint (step_N with trainer_state.json) nor a run "
                            f"directory with complete checkpoints")
@@ -30,7 +31,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def export_checkpoint(src: str | Path, dst: str | Path, to: str = "camelid", dtype: torch.dtype | None = None) -> Path:
     step_dir = resolve_checkpoint(src)
-    state = json.loads((step_dir / "trainer_state.json").read_text())
+    state = ckpt.check_checkpoint(step_dir)  # a damaged or tampered checkpoint is refused before any loading
     if "model_args" not in state:
         raise CamelidError(f"{step_dir}/trainer_state.json: no model_args (written by an older camelid?)")
     with torch.device("meta"):

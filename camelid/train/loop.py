@@ -23,6 +23,7 @@ from typing import Callable, Protocol
 import torch
 import torch.distributed as dist
 
+from camelid.config import ConfigError
 from camelid.dtypes import DTYPES
 from camelid.errors import CamelidError
 from camelid.parallel.dist_info import DistInfo
@@ -47,9 +48,25 @@ class TrainingDiverged(CamelidError):
 
 
 def resolve_device(name: str) -> torch.device:
+    """train.device as a torch.device; a ConfigError (one line) for a device this machine does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"train.device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device: {name} asked for, but this machine has no usable CUDA GPU (torch "
+                              f"{torch.__version__}); use train.device=cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device: {name} asked for, but this machine has {torch.cuda.device_count()} "
+                              f"CUDA GPU(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"train.device: {name} asked for, but MPS is not available here; use cpu or auto")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"train.device: {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
 
 
 @dataclass
@@ -103,11 +120,30 @@ class Trainer:
                 "data": self.data.state_dict(), **self.extra_state}
 
     def resume(self, path: Path | None = None) -> bool:
-        """Continue from `path` or the newest complete checkpoint of the run; False if there is none."""
-        path = path or ckpt.latest_checkpoint(self.run_dir)
+        """Continue from `path` or the newest complete checkpoint of the run; False if there is none.
+
+        Without `path`, a checkpoint that a crash or a full disk left incomplete or corrupt is skipped with a
+        warning naming what is wrong, and the previous one is used (loading it overwrites every tensor)."""
         if path is None:
-            return False
-        state = ckpt.load_checkpoint(path, self.model, self.optimizer)
+            candidates = ckpt.checkpoint_dirs(self.run_dir)[::-1]
+            if not candidates:
+                return False
+            problems = []
+            for candidate in candidates:
+                try:
+                    state = ckpt.load_checkpoint(candidate, self.model, self.optimizer)
+                except ckpt.DamagedCheckpoint as e:
+                    problems.append(str(e))
+                    if self.is_main:
+                        print(f"warning: checkpoint {candidate.name} is not usable, trying an older one: {e}")
+                    continue
+                path = candidate
+                break
+            else:
+                raise CamelidError(f"{self.run_dir}: no usable checkpoint to resume from ({'; '.join(problems)}); "
+                                   f"start a new run directory")
+        else:
+            state = ckpt.load_checkpoint(path, self.model, self.optimizer)
         saved, ours = state.get("data", {}), self.data.state_dict()
         diff = sorted(k for k in set(saved) | set(ours) if k != "consumed" and saved.get(k) != ours.get(k))
         if diff:

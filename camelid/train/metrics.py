@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from pathlib import Path
 
 import torch
 
-from camelid.fsutil import atomic_write_text
-from camelid.runlog import METRICS_FILE, read_metrics  # noqa: F401  (read_metrics: read back what MetricsLog wrote)
+from camelid.fsutil import atomic_write_text, reporting_disk_full
+from camelid.runlog import METRICS_FILE, metric_lines, read_metrics  # noqa: F401  (read_metrics: read back what MetricsLog wrote)
 
 # Dense bf16 peak FLOP/s (no sparsity) of the usual training GPUs.
 GPU_PEAK_BF16 = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
@@ -57,8 +59,12 @@ class MetricsLog:
         self.enabled = enabled
         if enabled and resume_step is not None and self.path.exists():
             # Rows written after the checkpoint we resume from will be written again: drop them.
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            # A torn last line (a crash or a full disk mid-write) is dropped; a bad line elsewhere is an error.
+            def torn(where, line):
+                print(f"warning: {where}: dropped a torn last line (the run was stopped mid-write): {line[:60]!r}")
+
+            kept = [line for line, row in metric_lines(self.path, on_torn=torn)
+                    if isinstance(row, dict) and row.get("step", 0) <= resume_step]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         elif enabled and resume_step is None and self.path.exists():
             self.path.unlink()
@@ -73,8 +79,20 @@ class MetricsLog:
     def write(self, row: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        data = memoryview((json.dumps(row) + "\n").encode("utf-8"))
+        with reporting_disk_full(self.path):
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                start = os.lseek(fd, 0, os.SEEK_END)
+                try:
+                    while data:
+                        data = data[os.write(fd, data):]
+                except OSError:
+                    with contextlib.suppress(OSError):  # no torn line left behind: cut back to the last whole row
+                        os.ftruncate(fd, start)
+                    raise
+            finally:
+                os.close(fd)
         if self.tb is not None:
             prefix = row.get("split", "train")
             for k, v in row.items():

@@ -41,10 +41,27 @@ class WindowData:
 
 
 def tokenizer_path(cfg: Config, manifest: dict) -> Path:
-    p = Path(cfg.data.tokenizer or manifest.get("tokenizer", {}).get("path", ""))
+    """The tokenizer to train with and ship: data.tokenizer, else the one the data was prepared with. It must be
+    the one the manifest records (same sha256), or the shards' ids would mean other pieces."""
+    import hashlib
+
+    recorded = manifest.get("tokenizer", {})
+    p = Path(cfg.data.tokenizer or recorded.get("path", ""))
     if not p.is_file():
         raise ConfigError(f"data.tokenizer: {p} not found; set data.tokenizer to the tokenizer.model the data was "
                           f"prepared with")
+    want = recorded.get("sha256")
+    if want and hashlib.sha256(p.read_bytes()).hexdigest() != want:
+        from camelid.tokenizer import Tokenizer
+
+        try:
+            vocab = f"{Tokenizer(p).vocab_size} pieces"
+        except Exception:
+            vocab = "not a tokenizer model"
+        raise ConfigError(f"data.tokenizer: {p} ({vocab}, sha256 {hashlib.sha256(p.read_bytes()).hexdigest()[:12]}) "
+                          f"is not the tokenizer the data in {cfg.data.dir} was prepared with "
+                          f"({recorded.get('vocab_size', '?')} pieces, sha256 {want[:12]}, {recorded.get('path')}); "
+                          f"leave data.tokenizer unset, or prepare the data with this tokenizer")
     return p
 
 

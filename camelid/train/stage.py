@@ -29,7 +29,7 @@ import torch
 
 from camelid.config import ConfigError, load_config
 from camelid.errors import CamelidError
-from camelid.fsutil import atomic_write_json, atomic_write_text
+from camelid.fsutil import atomic_write_json, atomic_write_text, ensure_writable_dir
 from camelid.parallel.dist_info import DistInfo
 from camelid.train import checkpointing as ckpt
 from camelid.train.loop import resolve_device
@@ -143,7 +143,7 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     if not resume and ckpt.latest_checkpoint(run_dir) is not None:
         raise CamelidError(f"{run_dir} already holds checkpoints of a run: pass --resume to continue it, "
                            f"or choose a new --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(run_dir, "run directory (--out)")
 
 
 def settings_key(cfg) -> str:
