@@ -18,6 +18,7 @@ def run(args) -> int:
     from camelid.train.export import export_checkpoint, resolve_checkpoint
 
     dtype = DTYPES.get(args.dtype)
-    out = export_checkpoint(args.src, args.dst, args.to, dtype)
-    print(f"exported {resolve_checkpoint(args.src)} -> {out} ({args.to})")
+    step_dir = resolve_checkpoint(args.src)  # warns once about a damaged newer checkpoint it skips
+    out = export_checkpoint(step_dir, args.dst, args.to, dtype)
+    print(f"exported {step_dir} -> {out} ({args.to})")
     return 0
