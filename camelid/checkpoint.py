@@ -487,6 +487,15 @@ def load_state_dict(path: str | os.PathLike) -> tuple[ModelArgs, dict[str, torch
     return args, sd, info
 
 
+def check_vocab(tokenizer, model, model_path) -> None:
+    """A model samples ids up to its vocabulary size and its tokenizer must turn every one into text (and
+    give no id the model lacks): the two sizes must be equal wherever they meet."""
+    if tokenizer.vocab_size != model.args.vocab_size:
+        raise CheckpointError(f"{tokenizer.model_path} has {tokenizer.vocab_size} pieces but the model in "
+                              f"{model_path} has a vocabulary of {model.args.vocab_size}: they do not belong "
+                              f"together (use the model's own tokenizer.model)")
+
+
 @dataclass
 class Checkpoint:
     """A loaded checkpoint: the model and what came with it, in one typed object."""
@@ -503,9 +512,7 @@ class Checkpoint:
         if self.tokenizer_path is None:
             raise CheckpointError(f"{self.path}: no {TOKENIZER_FILE} beside the weights")
         tok = Tokenizer(self.tokenizer_path)
-        if tok.vocab_size > self.model.args.vocab_size:
-            raise CheckpointError(f"{self.tokenizer_path} has {tok.vocab_size} pieces but the model in {self.path} "
-                                  f"only {self.model.args.vocab_size}: they do not belong together")
+        check_vocab(tok, self.model, self.path)
         return tok
 
     def save(self, path: str | os.PathLike, format: str = "camelid", **kw) -> Path:

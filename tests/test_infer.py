@@ -352,3 +352,19 @@ def test_debug_shows_the_traceback_behind_a_user_error(tmp_path):
     debug = subprocess.run(argv + ["--debug"], capture_output=True, text=True, env=ENV, timeout=120)
     assert plain.returncode == 2 and "Traceback" not in plain.stderr and "nowhere" in plain.stderr
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "CamelidError" in debug.stderr
+
+
+@pytest.mark.parametrize("command", ["generate", "chat"])
+def test_a_tokenizer_of_another_vocabulary_is_one_line(tok, tmp_path, command):
+    """The report: generate died in an IndexError on the first id the tokenizer lacks."""
+    import subprocess
+
+    from camelid.checkpoint import save_model
+    from tests.conftest import ENV
+
+    save_model(tiny_model(vocab_size=tok.vocab_size + 8, max_seq_len=128), tmp_path / "m", tokenizer_path=tok.model_path)
+    extra = ["--prompt", "hi"] if command == "generate" else []
+    r = subprocess.run([sys.executable, "-m", "camelid", command, "--model", str(tmp_path / "m"), *extra],
+                       capture_output=True, text=True, env=ENV, timeout=120, input="/quit\n")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"has {tok.vocab_size} pieces" in r.stderr and f"vocabulary of {tok.vocab_size + 8}" in r.stderr

@@ -26,14 +26,13 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from camelid.infer.engine import Engine
-    from camelid.infer.server import Limits, check_vocab, create_app, is_loopback_host, listen_socket, serve_app
+    from camelid.infer.server import Limits, create_app, is_loopback_host, listen_socket, serve_app
 
     if args.max_batch < 1 or args.max_in_flight < 1:
         raise CamelidError("--max-batch and --max-in-flight must be at least 1")
     sock = listen_socket(args.host, args.port)
     try:
         model, tok = model_from_flags(args)
-        check_vocab(model, tok)
         engine = Engine(model, max_batch=args.max_batch, max_seq_len=args.max_seq_len, seed=args.seed)
         name = args.model_name or Path(args.model).resolve().name
         limits = Limits(max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes,

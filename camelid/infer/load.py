@@ -16,7 +16,7 @@ def load_model_and_tokenizer(model_path, tokenizer_path=None, device="cpu", dtyp
         if threads < 1:
             raise CamelidError("--threads must be at least 1")
         torch.set_num_threads(threads)
-    from camelid.checkpoint import load_model
+    from camelid.checkpoint import check_vocab, load_model
     from camelid.tokenizer import Tokenizer
 
     path = Path(model_path)
@@ -37,7 +37,5 @@ def load_model_and_tokenizer(model_path, tokenizer_path=None, device="cpu", dtyp
         raise CamelidError(f"{path}: a {model.kind} model scores answers and does not generate text; "
                            f"give a language model (pre-trained, SFT, RS or PPO checkpoint)")
     tokenizer = Tokenizer(tok_path)
-    if tokenizer.vocab_size > model.args.vocab_size:
-        raise CamelidError(f"tokenizer {tok_path} has {tokenizer.vocab_size} tokens but the model only "
-                           f"{model.args.vocab_size}: they do not belong together")
+    check_vocab(tokenizer, model, path)
     return model, tokenizer

@@ -886,14 +886,6 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def check_vocab(model, tokenizer) -> None:
-    """The model samples ids up to its vocabulary size and the tokenizer must turn every one into text;
-    a mismatch kills requests at the first id the tokenizer lacks, so refuse it before serving."""
-    if tokenizer.vocab_size != model.args.vocab_size:
-        raise CamelidError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary has "
-                           f"{model.args.vocab_size}: they do not belong together (pass the model's own --tokenizer)")
-
-
 def serve_app(app, sock: socket.socket) -> int:
     """Run uvicorn on a bound socket until it is stopped (0) or the engine dies (1: shut down rather than
     answer 503 forever; a supervisor restarts the process with a fresh engine)."""
