@@ -285,14 +285,16 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, lm_head: bool = True):
+        """lm_head=False builds the backbone alone (a reward model puts a scalar head on it instead)."""
         super().__init__()
         args.validate()
         self.args = args
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(TransformerBlock(i, args) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, eps=args.norm_eps)
-        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if lm_head:
+            self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if not any(p.is_meta for p in self.parameters()):
             self.init_weights()
 
@@ -302,7 +304,7 @@ class Transformer(nn.Module):
         1/sqrt(2 * n_layers) as in GPT-2 so the residual stream does not grow with depth."""
         gen = None
         if seed is not None:
-            gen = torch.Generator(device=self.output.weight.device).manual_seed(seed)
+            gen = torch.Generator(device=self.tok_embeddings.weight.device).manual_seed(seed)
         out_std = std / math.sqrt(2 * self.args.n_layers)
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):

@@ -18,15 +18,14 @@ SAFETY_THRESHOLD = 0.15  # Llama-2 eq. (4): below this calibrated safety probabi
 
 
 class RewardModel(Transformer):
-    """A `Transformer` whose `output` projection is replaced by `reward_head` (dim -> 1, no bias, as
-    Hugging Face's LlamaForSequenceClassification `score`). `calibration` maps raw scores to
+    """The `Transformer` backbone (no vocabulary head) plus `reward_head`, a scalar head (dim -> 1, no bias,
+    as Hugging Face's LlamaForSequenceClassification `score`). `calibration` maps raw scores to
     calibrated logits: sigmoid(scale * score + bias) is the probability that reads against 0.15."""
 
     kind = "reward"
 
     def __init__(self, args: ModelArgs):
-        super().__init__(args)
-        del self.output
+        super().__init__(args, lm_head=False)
         self.reward_head = nn.Linear(args.dim, 1, bias=False)
         self.calibration = {"scale": 1.0, "bias": 0.0}
         if not self.reward_head.weight.is_meta:
