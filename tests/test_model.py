@@ -113,12 +113,12 @@ def test_kv_cache_matches_full_forward(chunks):
     x = torch.randint(0, SMALL["vocab_size"], (2, sum(chunks)))
     with torch.no_grad():
         full = model(x)
-        cache = KVCache(model.args, batch_size=2, max_len=32)
+        cache = KVCache(model.args, rows=2, slots=32)
         outs, i = [], 0
         for n in chunks:  # multi-token chunks after a cached prefix need bottom-right causal alignment
             outs.append(model(x[:, i:i + n], cache=cache))
             i += n
-    assert cache.length == x.shape[1]
+    assert cache.lengths == [x.shape[1]] * 2
     assert (torch.cat(outs, 1) - full).abs().max() <= 1e-5
 
 
