@@ -138,17 +138,18 @@ class RMSNorm(nn.Module):
 
 
 def rotary_freqs(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
-    """Rotation of each (position, frequency) as a unit complex number: positions [B, T] -> [B, T, head_dim/2]."""
+    """Rotation of each (position, frequency) as a unit complex number: positions [B, T] -> [B, T, 1, head_dim/2]
+    (the 1 broadcasts over the heads)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
-    angles = positions.to(torch.float32).unsqueeze(-1) * inv_freq
+    angles = positions.to(torch.float32)[:, :, None, None] * inv_freq
     return torch.polar(torch.ones_like(angles), angles)
 
 
 def apply_rotary(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """Rotate consecutive pairs (x0, x1), (x2, x3), ... of x [B, T, H, D], read as complex numbers, as
     Meta's reference does (one complex multiply: far cheaper in eager mode than the real-valued form)."""
-    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-    return torch.view_as_real(xc * freqs.unsqueeze(2)).flatten(3).type_as(x)
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * freqs).flatten(3).type_as(x)
 
 
 CPU_ATTENTION_MAX_LEN = 512
@@ -247,7 +248,7 @@ class KVCache:
         if hi + T > self.slots:
             raise ValueError(f"KV cache is full: {hi + T} positions needed, {self.slots} allocated")
         if lo == hi:  # the common case (a fresh prefill, or rows in step): plain slicing
-            start, self._write = lo, slice(lo, lo + T)
+            start = self._write = lo
         else:
             device = self.k[0].device
             start = torch.tensor(lengths, device=device)
@@ -260,14 +261,15 @@ class KVCache:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v [B, n_kv, T, D] in the slots `extend` claimed; return each row's keys and values so far
         (up to the longest row; `build_attention_mask` hides what lies past a shorter row's end)."""
-        rows = slice(self.first, self.first + self.count)
-        ck, cv = self.k[layer][rows], self.v[layer][rows]
-        if isinstance(self._write, slice):
-            ck[:, :, self._write], cv[:, :, self._write] = k, v
+        ck = self.k[layer].narrow(0, self.first, self.count)  # narrow: fewer ops than indexing, for decoding
+        cv = self.v[layer].narrow(0, self.first, self.count)
+        if isinstance(self._write, int):
+            ck.narrow(2, self._write, k.shape[2]).copy_(k)
+            cv.narrow(2, self._write, v.shape[2]).copy_(v)
         else:  # advanced indices on rows and slots put [B, T] first: the values go in as [B, T, n_kv, D]
             ck[self._write[0], :, self._write[1]] = k.transpose(1, 2)
             cv[self._write[0], :, self._write[1]] = v.transpose(1, 2)
-        return ck[:, :, :self._end], cv[:, :, :self._end]
+        return ck.narrow(2, 0, self._end), cv.narrow(2, 0, self._end)
 
     def copy_row(self, src: int, dst: int) -> None:
         n = self.lengths[src]
