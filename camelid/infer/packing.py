@@ -12,9 +12,12 @@ built from (address, in-place version counter, dtype, device) and is rebuilt whe
 
 from __future__ import annotations
 
+import functools
+import time
 import weakref
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from camelid.model import Transformer
@@ -30,19 +33,50 @@ def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
         return False
 
 
+def pack_weight(w: torch.Tensor) -> torch.Tensor:
+    # The batch-size hint 1 picks oneDNN's layout for few rows: in bf16 it decodes 8-14% faster at batch
+    # 1 and 16 (about 5% slower for a long prefill); in fp32 it only slows batch 16 down.
+    return torch.ops.mkldnn._reorder_linear_weight(w, 1 if w.dtype == torch.bfloat16 else None)
+
+
+@functools.cache
+def plain_matvec_is_faster(dtype: torch.dtype, out_features: int, in_features: int) -> bool:
+    """Whether `F.linear` (MKL's matrix-vector product) beats the packed weight for one row on this CPU.
+
+    It depends on the host: on the AMD EPYC of docs/PERFORMANCE.md the packed weight read 2.5x faster; on
+    an Intel Xeon with AMX, fp32 `F.linear` was about 30% faster at batch 1. So it is timed, once.
+    """
+    w = torch.randn(out_features, in_features, dtype=dtype)
+    x, packed = torch.randn(1, in_features, dtype=dtype), pack_weight(w)
+    best = {"plain": float("inf"), "packed": float("inf")}
+    for _ in range(5):  # interleaved, best of 5: other processes slow both alike
+        for name, run in (("plain", lambda: F.linear(x, w)),
+                          ("packed", lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""))):
+            t = time.perf_counter()
+            for _ in range(4):
+                run()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best["plain"] < 0.9 * best["packed"]
+
+
 class PackedLinear(nn.Module):
     """x @ W.T for one or more weight matrices stacked along the output (a tuple of outputs then),
-    pre-packed for oneDNN. The packed copy is a plain attribute: not a parameter, not in state_dict."""
+    pre-packed for oneDNN, plus the plain matrix where `F.linear` is faster for one row. These copies are
+    plain attributes: not parameters, not in state_dict."""
 
-    def __init__(self, *linears: nn.Linear, dtype: torch.dtype):
+    def __init__(self, *linears: nn.Linear, dtype: torch.dtype, plain_matvec: bool = False):
         super().__init__()
         self.sizes = [lin.out_features for lin in linears]
         w = torch.cat([lin.weight.detach().to(dtype) for lin in linears]).contiguous()
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
+        self.packed = pack_weight(w)
+        self.plain = w if plain_matvec else None
 
     def forward(self, x):
-        y = torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
-        return y if len(self.sizes) == 1 else y.split(self.sizes, dim=-1)
+        if self.plain is not None and x.numel() == x.shape[-1]:  # one row
+            y = F.linear(x, self.plain)
+        else:
+            y = torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+        return y if len(self.sizes) == 1 else y.split_with_sizes(self.sizes, dim=-1)
 
 
 def signature(model: nn.Module) -> tuple:
@@ -62,12 +96,14 @@ def build_inference_model(model: Transformer, dtype: torch.dtype | None = None, 
         twin = Transformer(model.args)
     twin.load_state_dict(model.state_dict(), assign=True)  # the model's own tensors, no copies
     if pack:
+        args = model.args
+        kw = dict(dtype=dtype, plain_matvec=plain_matvec_is_faster(dtype, args.hidden_dim, args.dim))
         for layer in twin.layers:
             a, f = layer.attention, layer.feed_forward
-            a.wqkv, a.wo = PackedLinear(a.wq, a.wk, a.wv, dtype=dtype), PackedLinear(a.wo, dtype=dtype)
-            f.w13, f.w2 = PackedLinear(f.w1, f.w3, dtype=dtype), PackedLinear(f.w2, dtype=dtype)
+            a.wqkv, a.wo = PackedLinear(a.wq, a.wk, a.wv, **kw), PackedLinear(a.wo, **kw)
+            f.w13, f.w2 = PackedLinear(f.w1, f.w3, **kw), PackedLinear(f.w2, **kw)
             a.wq = a.wk = a.wv = f.w1 = f.w3 = None
-        twin.output = PackedLinear(twin.output, dtype=dtype)
+        twin.output = PackedLinear(twin.output, **kw)
     twin.to(dtype).requires_grad_(False)  # what is left: embedding and norms (no copy when the dtype is the same)
     twin.pack = pack
     return twin.eval()
