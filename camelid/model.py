@@ -247,10 +247,10 @@ class KVCache:
         lo, hi = min(lengths), max(lengths)
         if hi + T > self.slots:
             raise ValueError(f"KV cache is full: {hi + T} positions needed, {self.slots} allocated")
-        device = self.k[0].device
         if lo == hi:  # the common case (a fresh prefill, or rows in step): the same slots for every row
-            start, self._write = lo, torch.arange(lo, lo + T, device=device)
+            start = self._write = lo
         else:
+            device = self.k[0].device
             start = torch.tensor(lengths, device=device)
             self._write = (torch.arange(self.count, device=device)[:, None], start[:, None] + torch.arange(T, device=device))
         self._end = hi + T
@@ -261,13 +261,13 @@ class KVCache:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v [B, n_kv, T, D] in the slots `extend` claimed; return each row's keys and values so far
         (up to the longest row; `build_attention_mask` hides what lies past a shorter row's end)."""
-        # (index_copy_ and narrow: one op each, where indexing takes several; a decode step is mostly such overhead)
+        # (narrow: one op where indexing takes several; a decode step is mostly such overhead)
         ck, cv = self.k[layer], self.v[layer]
         if self.count != ck.shape[0]:
             ck, cv = ck.narrow(0, self.first, self.count), cv.narrow(0, self.first, self.count)
-        if isinstance(self._write, torch.Tensor):
-            ck.index_copy_(2, self._write, k)
-            cv.index_copy_(2, self._write, v)
+        if isinstance(self._write, int):
+            ck.narrow(2, self._write, k.shape[2]).copy_(k)
+            cv.narrow(2, self._write, v.shape[2]).copy_(v)
         else:  # advanced indices on rows and slots put [B, T] first: the values go in as [B, T, n_kv, D]
             ck[self._write[0], :, self._write[1]] = k.transpose(1, 2)
             cv[self._write[0], :, self._write[1]] = v.transpose(1, 2)
