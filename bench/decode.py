@@ -13,8 +13,9 @@ run gets. Prints a Markdown table (and `--json FILE` writes the numbers).
 
 `--legacy REV` also times camelid/infer/engine.py as it was at git revision REV (read with `git show`,
 imported as a module of its own), in the same process and interleaved with today's engine repeat by
-repeat, so that a change to the engine is judged against the same machine load. aceefde is the last
-engine with its own forward pass (before the engine ran model.py's modules).
+repeat, so that a change to the engine is judged against the same machine load; "vs REV" is the median
+of the per-repeat ratios. aceefde is the last engine with its own forward pass (before the engine ran
+model.py's modules).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -70,24 +72,28 @@ def engine_at(rev: str) -> types.ModuleType:
     return mod
 
 
-def decode_rates(runs: dict, batch, new, repeats) -> dict:
-    """Best tokens/s of each contestant between the first and the last new token (the prefill is left
-    out), the contestants taking turns within each repeat.
+def decode_rates(runs: dict, batch, new, repeats) -> list[dict]:
+    """Tokens/s of each contestant between the first and the last new token (the prefill is left out),
+    one dict per repeat; within a repeat the contestants take turns, in reverse order every other
+    repeat, so that a change in the machine's load falls on all of them alike.
 
     runs: name -> run(n, tick), which generates n tokens and calls tick() once per decoding step."""
-    best = dict.fromkeys(runs, 0.0)
     for run in runs.values():
         run(4, lambda: None)  # warm-up (weight packing, allocator)
-    for _ in range(repeats):
-        for name, run in runs.items():
+    rates = []
+    for i in range(repeats):
+        rate = {}
+        for name, run in (list(runs.items()) if i % 2 == 0 else reversed(runs.items())):
             stamps = []
             run(new, lambda: stamps.append(time.perf_counter()))
-            best[name] = max(best[name], batch * (len(stamps) - 1) / (stamps[-1] - stamps[0]))
-    return best
+            rate[name] = batch * (len(stamps) - 1) / (stamps[-1] - stamps[0])
+        rates.append(rate)
+    return rates
 
 
 def decode_rate(run, batch, new, repeats) -> float:
-    return decode_rates({"run": run}, batch, new, repeats)["run"]
+    """Best tokens/s of one contestant."""
+    return max(r["run"] for r in decode_rates({"run": run}, batch, new, repeats))
 
 
 def bench_one(name, dtype_name, batch, args, bw):
@@ -112,7 +118,11 @@ def bench_one(name, dtype_name, batch, args, bw):
     if args.legacy:
         legacy = with_engine(engine_at(args.legacy).generate)
         rates = decode_rates({"camelid": ours, "legacy": legacy}, batch, args.new_tokens, args.repeats)
-        row.update(rates, vs_legacy=rates["camelid"] / rates["legacy"])
+        row["camelid"], row["legacy"] = (max(r[k] for r in rates) for k in ("camelid", "legacy"))
+        # on a shared machine the ratio within a repeat (run back to back) is steadier than best vs best
+        row["vs_legacy"] = statistics.median(r["camelid"] / r["legacy"] for r in rates)
+        row["vs_legacy_best"] = row["camelid"] / row["legacy"]
+        row["repeats"] = rates
         a, b = ours(16), legacy(16)
         row["same_as_legacy"] = sum(x == y for r, s in zip(a, b) for x, y in zip(r, s)) / (16 * batch)
     else:
@@ -191,7 +201,7 @@ def main(argv=None):
             for b in args.batches:
                 r = bench_one(name, dt, b, args, bw)
                 rows.append(r)
-                vs = (f" {r['legacy']:.0f} | {r['vs_legacy']:.3f}x | {r['same_as_legacy']:.0%} |"
+                vs = (f" {r['legacy']:.0f} | {r['vs_legacy']:.2f}x | {r['same_as_legacy']:.0%} |"
                       if args.legacy else "")
                 print(f"| {name} | {dt} | {b} | {r['camelid']:.0f} |{vs} {r.get('hf', float('nan')):.0f} | "
                       f"{r.get('speedup', float('nan')):.1f}x | {r.get('same_tokens', float('nan')):.0%} | "
