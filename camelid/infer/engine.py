@@ -149,6 +149,12 @@ class Engine:
             self._finish_row(self.active.index(req), "abort")
 
     @property
+    def lengths(self) -> list[int]:
+        """Cache slots filled in each running row: a copy, the cache owns them (rows past the running ones
+        are free, so dropping every running row needs only `active` and `last` cleared)."""
+        return self.cache.lengths[:len(self.active)]
+
+    @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.active)
 
