@@ -290,9 +290,6 @@ class KVCache:
         self.lengths = (self.lengths + [0] * rows)[:rows]
         self.first, self.count = 0, rows
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
-
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Attention of q [B, H, T, D] over k, v [B, H_kv, S, D]; mask None with S == T means plain causal."""
