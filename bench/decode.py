@@ -3,12 +3,19 @@
     python bench/decode.py                 # reference config and the ~250M one, fp32 and bf16, batch 1 and 16
     python bench/decode.py --quick         # reference config only, fewer tokens
     python bench/decode.py --configs ref --dtypes fp32 --batches 1 --new-tokens 64
+    python bench/decode.py --quick --no-hf --legacy aceefde   # today's engine against the one at aceefde
 
 Decode tokens/s excludes the prefill: it is timed from the first new token to the last (a callback on
 camelid's side, a streamer on transformers' side), best of `--repeats`. Both sides decode greedily with
 no early stop. Batch-1 decoding has to read every weight matrix once per token, so
 bytes/token x tokens/s / (measured memory read bandwidth) says how close to the machine's limit a
 run gets. Prints a Markdown table (and `--json FILE` writes the numbers).
+
+`--legacy REV` also times camelid/infer/engine.py as it was at git revision REV (read with `git show`,
+imported as a module of its own), in the same process and interleaved with today's engine repeat by
+repeat, so that a change to the engine is judged against the same machine load; "vs REV" is the median
+of the per-repeat ratios. aceefde is the last engine with its own forward pass (before the engine ran
+model.py's modules).
 """
 
 from __future__ import annotations
@@ -17,8 +24,11 @@ import argparse
 import json
 import os
 import platform
+import statistics
+import subprocess
 import sys
 import time
+import types
 
 import torch
 
@@ -52,17 +62,38 @@ def hf_model(model: Transformer):
     return to_hf_model(model.state_dict(), model.args, pad_token_id=0).eval()
 
 
-def decode_rate(run, batch, new, repeats) -> float:
-    """Best tokens/s between the first and the last new token (the prefill is left out).
+def engine_at(rev: str) -> types.ModuleType:
+    """camelid/infer/engine.py as it was at git revision `rev`, as a module of its own."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    src = subprocess.check_output(["git", "-C", root, "show", f"{rev}:camelid/infer/engine.py"], text=True)
+    mod = types.ModuleType(f"camelid_engine_{rev}")
+    sys.modules[mod.__name__] = mod  # dataclasses look their module up there
+    exec(compile(src, f"{rev}:camelid/infer/engine.py", "exec"), mod.__dict__)
+    return mod
 
-    run(n, tick) generates n tokens and calls tick() once per decoding step."""
-    best = 0.0
-    run(4, lambda: None)  # warm-up (weight packing, allocator)
-    for _ in range(repeats):
-        stamps = []
-        run(new, lambda: stamps.append(time.perf_counter()))
-        best = max(best, batch * (len(stamps) - 1) / (stamps[-1] - stamps[0]))
-    return best
+
+def decode_rates(runs: dict, batch, new, repeats) -> list[dict]:
+    """Tokens/s of each contestant between the first and the last new token (the prefill is left out),
+    one dict per repeat; within a repeat the contestants take turns, in reverse order every other
+    repeat, so that a change in the machine's load falls on all of them alike.
+
+    runs: name -> run(n, tick), which generates n tokens and calls tick() once per decoding step."""
+    for run in runs.values():
+        run(4, lambda: None)  # warm-up (weight packing, allocator)
+    rates = []
+    for i in range(repeats):
+        rate = {}
+        for name, run in (list(runs.items()) if i % 2 == 0 else reversed(runs.items())):
+            stamps = []
+            run(new, lambda: stamps.append(time.perf_counter()))
+            rate[name] = batch * (len(stamps) - 1) / (stamps[-1] - stamps[0])
+        rates.append(rate)
+    return rates
+
+
+def decode_rate(run, batch, new, repeats) -> float:
+    """Best tokens/s of one contestant."""
+    return max(r["run"] for r in decode_rates({"run": run}, batch, new, repeats))
 
 
 def bench_one(name, dtype_name, batch, args, bw):
@@ -74,14 +105,28 @@ def bench_one(name, dtype_name, batch, args, bw):
     prompts = [[1] + torch.randint(3, margs.vocab_size, (args.prompt_len - 1,), generator=g).tolist()
                for _ in range(batch)]
 
-    def ours(n, tick=None):
-        def cb(i, t):  # every row gets a token each step; row 0's marks the step
-            if i == 0:
-                tick()
-        return generate(model, prompts, n, stop_ids=None, callback=cb if tick else None)
+    def with_engine(gen):
+        def run(n, tick=None):
+            def cb(i, t):  # every row gets a token each step; row 0's marks the step
+                if i == 0:
+                    tick()
+            return gen(model, prompts, n, stop_ids=None, callback=cb if tick else None)
+        return run
 
+    ours = with_engine(generate)
     row = dict(config=name, dtype=dtype_name, batch=batch)
-    row["camelid"] = decode_rate(ours, batch, args.new_tokens, args.repeats)
+    if args.legacy:
+        legacy = with_engine(engine_at(args.legacy).generate)
+        rates = decode_rates({"camelid": ours, "legacy": legacy}, batch, args.new_tokens, args.repeats)
+        row["camelid"], row["legacy"] = (max(r[k] for r in rates) for k in ("camelid", "legacy"))
+        # on a shared machine the ratio within a repeat (run back to back) is steadier than best vs best
+        row["vs_legacy"] = statistics.median(r["camelid"] / r["legacy"] for r in rates)
+        row["vs_legacy_best"] = row["camelid"] / row["legacy"]
+        row["repeats"] = rates
+        a, b = ours(16), legacy(16)
+        row["same_as_legacy"] = sum(x == y for r, s in zip(a, b) for x, y in zip(r, s)) / (16 * batch)
+    else:
+        row["camelid"] = decode_rate(ours, batch, args.new_tokens, args.repeats)
     if not args.no_hf:
         from transformers.generation.streamers import BaseStreamer
         hf = hf_model(model.float()).to(dtype)
@@ -132,6 +177,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-hf", action="store_true", help="camelid only")
+    p.add_argument("--legacy", default=None, metavar="REV",
+                   help="also time the engine of git revision REV, interleaved with today's (e.g. aceefde)")
     p.add_argument("--quick", action="store_true", help="reference config, 32 new tokens")
     p.add_argument("--json", default=None, help="write the rows here")
     args = p.parse_args(argv)
@@ -144,21 +191,28 @@ def main(argv=None):
     print(f"# decode benchmark: torch {torch.__version__}, transformers {transformers.__version__}, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"read bandwidth {bw:.1f} GB/s, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens")
-    print("| config | dtype | batch | camelid tok/s | transformers tok/s | speedup | same tokens | MB/token | GB/s | of read bw |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    legacy = f" {args.legacy} tok/s | vs {args.legacy} | same tokens as {args.legacy} |" if args.legacy else ""
+    print(f"| config | dtype | batch | camelid tok/s |{legacy} transformers tok/s | speedup | same tokens | MB/token | "
+          "GB/s | of read bw |")
+    print("|---|---|---|---|" + "---|---|---|" * bool(args.legacy) + "---|---|---|---|---|---|")
     rows = []
     for name in args.configs:
         for dt in args.dtypes:
             for b in args.batches:
                 r = bench_one(name, dt, b, args, bw)
                 rows.append(r)
-                print(f"| {name} | {dt} | {b} | {r['camelid']:.0f} | {r.get('hf', float('nan')):.0f} | "
+                vs = (f" {r['legacy']:.0f} | {r['vs_legacy']:.2f}x | {r['same_as_legacy']:.0%} |"
+                      if args.legacy else "")
+                print(f"| {name} | {dt} | {b} | {r['camelid']:.0f} |{vs} {r.get('hf', float('nan')):.0f} | "
                       f"{r.get('speedup', float('nan')):.1f}x | {r.get('same_tokens', float('nan')):.0%} | "
                       f"{r['mb_per_token']:.0f} | {r.get('gb_s', float('nan')):.1f} | "
                       f"{r.get('of_bandwidth', float('nan')):.0%} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(read_bandwidth_gb_s=bw, threads=torch.get_num_threads(), rows=rows), f, indent=1)
+            json.dump(dict(read_bandwidth_gb_s=bw, threads=torch.get_num_threads(), legacy=args.legacy,
+                           cpu=platform.processor() or platform.machine(), torch=torch.__version__,
+                           new_tokens=args.new_tokens, prompt_len=args.prompt_len, repeats=args.repeats, rows=rows),
+                      f, indent=1)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ tensor-parallel plans map one to one. No training, I/O or distributed code lives
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, fields
 
@@ -137,17 +138,18 @@ class RMSNorm(nn.Module):
 
 
 def rotary_freqs(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
-    """Rotation of each (position, frequency) as a unit complex number: positions [B, T] -> [B, T, head_dim/2]."""
+    """Rotation of each (position, frequency) as a unit complex number: positions [B, T] -> [B, T, 1, head_dim/2]
+    (the 1 broadcasts over the heads)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
-    angles = positions.to(torch.float32).unsqueeze(-1) * inv_freq
+    angles = positions.to(torch.float32)[:, :, None, None] * inv_freq
     return torch.polar(torch.ones_like(angles), angles)
 
 
 def apply_rotary(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """Rotate consecutive pairs (x0, x1), (x2, x3), ... of x [B, T, H, D], read as complex numbers, as
     Meta's reference does (one complex multiply: far cheaper in eager mode than the real-valued form)."""
-    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-    return torch.view_as_real(xc * freqs.unsqueeze(2)).flatten(3).type_as(x)
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * freqs).flatten(3).type_as(x)
 
 
 CPU_ATTENTION_MAX_LEN = 512
@@ -200,33 +202,107 @@ def math_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
     return torch.softmax(scores, dim=-1) @ v
 
 
-class KVCache:
-    """Preallocated keys and values for every layer: [B, n_kv_heads, max_len, head_dim] each.
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention of one new token per row against its keys: q [B, H, 1, D]; k, v [B, H_kv, S, D]; mask
+    [B, 1, 1, S] or None. The query heads that share a kv head ride along as the query-length axis of
+    one SDPA call, so each cached key and value is read once instead of being expanded per head."""
+    B, H, _, D = q.shape
+    out = F.scaled_dot_product_attention(q.view(B, k.shape[1], -1, D), k, v, attn_mask=mask)
+    return out.view(B, H, 1, D)
 
-    `length` is how many positions are filled; all rows share it (shorter prompts are left-padded and
-    their padding is masked out through the key mask, so rows of any length decode together).
+
+class KVCache:
+    """Keys and values for every layer, [rows, n_kv_heads, slots, head_dim] each, and each row's own length.
+
+    Row b's next token goes to slot lengths[b] and sees only the slots up to it, so rows of different
+    lengths run together with no padding and no key mask beyond `slot <= position`. A forward call works
+    on rows first .. first + count: all of them, or a view from `rows()` (a new prompt is prefilled into
+    a free row while others are mid-sequence). Rows can be copied (continuous batching keeps the live
+    rows at the front) and the whole cache regrown (`resize`); `lengths` may be set directly (a
+    right-padded prompt keeps only its real tokens).
     """
 
-    def __init__(self, args: ModelArgs, batch_size: int, max_len: int, device=None, dtype=torch.float32):
-        shape = (batch_size, args.kv_heads, max_len, args.head_dim)
+    def __init__(self, args: ModelArgs, rows: int, slots: int, device=None, dtype=torch.float32):
+        shape = (rows, args.kv_heads, slots, args.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
-        self.max_len = max_len
-        self.length = 0
+        self.lengths = [0] * rows  # Python ints: the shapes of a step depend on them, so no device sync
+        self.first, self.count = 0, rows
+        self._write, self._end = None, 0
+
+    @property
+    def slots(self) -> int:
+        return self.k[0].shape[2]
+
+    def rows(self, first: int, count: int) -> "KVCache":
+        """A view of `count` rows from `first`: it shares the storage and the lengths."""
+        view = copy.copy(self)
+        view.first, view.count = self.first + first, count
+        return view
+
+    def extend(self, T: int) -> int | torch.Tensor:
+        """Claim the next T slots of every row for one forward call and return where they begin: an int
+        when all rows have the same length, else a tensor [rows]."""
+        lengths = self.lengths[self.first:self.first + self.count]
+        lo, hi = min(lengths), max(lengths)
+        if hi + T > self.slots:
+            raise ValueError(f"KV cache is full: {hi + T} positions needed, {self.slots} allocated")
+        if lo == hi:  # the common case (a fresh prefill, or rows in step): the same slots for every row
+            start = self._write = lo
+        else:
+            device = self.k[0].device
+            start = torch.tensor(lengths, device=device)
+            self._write = (torch.arange(self.count, device=device)[:, None], start[:, None] + torch.arange(T, device=device))
+        self._end = hi + T
+        for i in range(self.first, self.first + self.count):
+            self.lengths[i] += T
+        return start
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v [B, n_kv, T, D] after the cached prefix; return all keys and values so far."""
-        start, end = self.length, self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache is full: {end} positions needed, {self.max_len} allocated")
-        self.k[layer][:, :, start:end] = k
-        self.v[layer][:, :, start:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        """Store k, v [B, n_kv, T, D] in the slots `extend` claimed; return each row's keys and values so far
+        (up to the longest row; `build_attention_mask` hides what lies past a shorter row's end)."""
+        # (narrow: one op where indexing takes several; a decode step is mostly such overhead)
+        ck, cv = self.k[layer], self.v[layer]
+        if self.count != ck.shape[0]:
+            ck, cv = ck.narrow(0, self.first, self.count), cv.narrow(0, self.first, self.count)
+        if isinstance(self._write, int):
+            ck.narrow(2, self._write, k.shape[2]).copy_(k)
+            cv.narrow(2, self._write, v.shape[2]).copy_(v)
+        else:  # advanced indices on rows and slots put [B, T] first: the values go in as [B, T, n_kv, D]
+            ck[self._write[0], :, self._write[1]] = k.transpose(1, 2)
+            cv[self._write[0], :, self._write[1]] = v.transpose(1, 2)
+        return ck.narrow(2, 0, self._end), cv.narrow(2, 0, self._end)
 
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only the given batch rows (finished sequences leave the batch)."""
-        self.k = [t[rows] for t in self.k]
-        self.v = [t[rows] for t in self.v]
+    def copy_row(self, src: int, dst: int) -> None:
+        n = self.lengths[src]
+        for t in self.k + self.v:
+            t[dst, :, :n].copy_(t[src, :, :n])
+        self.lengths[dst] = n
+
+    def resize(self, rows: int, slots: int) -> None:
+        """Reallocate to rows x slots, keeping what fits."""
+        keep_rows, keep_slots = min(rows, len(self.lengths)), min(slots, self.slots)
+        for store in (self.k, self.v):
+            for i, old in enumerate(store):
+                new = old.new_zeros(rows, old.shape[1], slots, old.shape[3])
+                new[:keep_rows, :, :keep_slots] = old[:keep_rows, :, :keep_slots]
+                store[i] = new
+        self.lengths = (self.lengths + [0] * rows)[:rows]
+        self.first, self.count = 0, rows
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention of q [B, H, T, D] over k, v [B, H_kv, S, D]; mask None with S == T means plain causal."""
+    T = q.shape[2]
+    path = causal_attention_path(q) if mask is None and k.shape[2] == T else "flash"
+    if path == "math":
+        return math_causal_attention(q, k, v)
+    if path == "blocks":
+        return blockwise_causal_attention(q, k, v, CAUSAL_QUERY_BLOCK)
+    if T == 1:
+        return decode_attention(q, k, v, mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                          enable_gqa=q.shape[1] != k.shape[1])
 
 
 class Attention(nn.Module):
@@ -237,26 +313,19 @@ class Attention(nn.Module):
         self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+        self.wqkv: nn.Module | None = None  # inference may put one matmul for all three here (infer/packing.py)
 
     def forward(self, x, freqs, mask=None, cache: KVCache | None = None, layer: int = 0):
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, -1, self.head_dim)  # -1, not n_heads: tensor parallel shards the heads
-        k = self.wk(x).view(B, T, -1, self.head_dim)
-        v = self.wv(x).view(B, T, -1, self.head_dim)
+        q, k, v = (self.wq(x), self.wk(x), self.wv(x)) if self.wqkv is None else self.wqkv(x)
+        q = q.view(B, T, -1, self.head_dim)  # -1, not n_heads: tensor parallel shards the heads
+        k = k.view(B, T, -1, self.head_dim)
+        v = v.view(B, T, -1, self.head_dim)
         q, k = apply_rotary(q, freqs), apply_rotary(k, freqs)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        # mask None means plain causal attention with queries and keys aligned (training, a fresh prefill).
-        path = causal_attention_path(q) if mask is None and k.shape[2] == T else "flash"
-        if path == "math":
-            out = math_causal_attention(q, k, v)
-        elif path == "blocks":
-            out = blockwise_causal_attention(q, k, v, CAUSAL_QUERY_BLOCK)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-                                                 enable_gqa=self.n_kv_heads != self.n_heads)
-        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+        return self.wo(attend(q, k, v, mask).transpose(1, 2).reshape(B, T, -1))
 
 
 class FeedForward(nn.Module):
@@ -265,9 +334,11 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(dim, hidden_dim, bias=False)
         self.w2 = nn.Linear(hidden_dim, dim, bias=False)
         self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w13: nn.Module | None = None  # inference may put one matmul for w1 and w3 here (infer/packing.py)
 
     def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = (self.w1(x), self.w3(x)) if self.w13 is None else self.w13(x)
+        return self.w2(F.silu(gate) * up)
 
 
 class TransformerBlock(nn.Module):
@@ -321,47 +392,51 @@ class Transformer(nn.Module):
                segment_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
         """The final normalised hidden states [B, T, dim] (what the output head, or a reward head, reads).
 
-        positions:   [B, T] rotary positions of each token; default: consecutive from the cache length.
+        positions:   [B, T] rotary positions of each token; default: consecutive from each row's cache length.
                      Left-padded rows pass positions that count only their real tokens.
         mask:        [B, S] bool over all keys this call sees (cached ones first, S = cached + T):
                      False marks padding that nobody may attend to.
         segment_ids: [B, T] for packed samples: a token attends only within its own segment.
-        cache:       a KVCache to read the prefix from and append this call's keys and values to.
+        cache:       a KVCache (or a view of some of its rows) to read each row's prefix from and append
+                     this call's keys and values to.
         """
         B, T = tokens.shape
-        start = cache.length if cache is not None else 0
+        start = cache.extend(T) if cache is not None else 0
         if positions is None:
-            positions = torch.arange(start, start + T, device=tokens.device).expand(B, T)
+            offset = start.unsqueeze(1) if isinstance(start, torch.Tensor) else start
+            positions = (offset + torch.arange(T, device=tokens.device)).expand(B, T)
         freqs = rotary_freqs(positions, self.args.head_dim, self.args.rope_theta)
         attn_mask = build_attention_mask(T, start, mask, segment_ids, tokens.device)
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
             h = layer(h, freqs, attn_mask, cache)
-        if cache is not None:
-            cache.length += T
         return self.norm(h)
 
 
-def build_attention_mask(T: int, start: int, key_mask=None, segment_ids=None, device=None) -> torch.Tensor | None:
-    """The boolean SDPA mask [B or 1, 1, T, start + T], or None when plain causal attention will do.
+def build_attention_mask(T: int, start: int | torch.Tensor, key_mask=None, segment_ids=None,
+                         device=None) -> torch.Tensor | None:
+    """The boolean SDPA mask [B or 1, 1, T, S], or None when plain causal attention will do.
 
-    Query i sits at key index start + i and sees keys j <= start + i (SDPA's `is_causal` would align
-    the diagonal to the top-left when there is a cached prefix, which is wrong here). Every query may
-    always see itself, so a padding query never has an all-masked row (which would give NaN).
+    start: how many keys each row has cached, an int for all rows or a tensor [B]; S = max(start) + T.
+    Query i of row b sits at key index start[b] + i and sees keys j <= start[b] + i (SDPA's `is_causal`
+    would align the diagonal to the top-left when there is a cached prefix, which is wrong here); for a
+    shorter row this also hides the slots past its end. Every query may always see itself, so a padding
+    query never has an all-masked row (which would give NaN).
     """
-    if key_mask is None and segment_ids is None and (start == 0 or T == 1):
+    ragged = isinstance(start, torch.Tensor)
+    if key_mask is None and segment_ids is None and not ragged and (start == 0 or T == 1):
         return None
-    S = start + T
-    q_idx = torch.arange(start, S, device=device).unsqueeze(1)
-    k_idx = torch.arange(S, device=device).unsqueeze(0)
-    allowed = (k_idx <= q_idx).unsqueeze(0)  # [1, T, S]
+    S = (int(start.max()) if ragged else start) + T
+    q_idx = ((start.unsqueeze(1) if ragged else start) + torch.arange(T, device=device)).view(-1, T, 1)
+    k_idx = torch.arange(S, device=device)
+    allowed = k_idx <= q_idx  # [B or 1, T, S]
     if key_mask is not None:
         if key_mask.shape[-1] != S:
-            raise ValueError(f"mask covers {key_mask.shape[-1]} keys but this call sees {S} (cached {start} + new {T})")
+            raise ValueError(f"mask covers {key_mask.shape[-1]} keys but this call sees {S} (cached {S - T} + new {T})")
         allowed = allowed & key_mask.bool().unsqueeze(1)
     if segment_ids is not None:
-        if start != 0:
+        if S != T:
             raise ValueError("segment_ids (packed samples) cannot be combined with a KV cache prefix")
         allowed = allowed & (segment_ids.unsqueeze(2) == segment_ids.unsqueeze(1))
-    allowed = allowed | (k_idx == q_idx).unsqueeze(0)
+    allowed = allowed | (k_idx == q_idx)
     return allowed.unsqueeze(1)

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from camelid.infer import Engine, Request, SamplingParams, generate, stream
-from camelid.infer.engine import FastRunner, FastWeights, KVStore
+from camelid.infer.engine import decode, prefill
+from camelid.infer.packing import build_inference_model, inference_model
 from camelid.infer.sampling import filtered_probs, sample
-from camelid.model import Transformer
+from camelid.model import KVCache, Transformer
 from tests.test_model import hf_twin, tiny_model as _tiny_model  # noqa: F401 (hf_twin is used by the tests below)
 
 
@@ -89,26 +90,23 @@ def test_fast_path_logits_equal_model_forward(pack):
     if pack and not torch.backends.mkldnn.is_available():
         pytest.skip("no oneDNN in this torch build")
     model = tiny_model()
-    w = FastWeights(model, pack=pack)
-    kv = KVStore(model.args, w.device, w.dtype, max_rows=3, max_slots=64)
-    run = FastRunner(w, kv)
+    fast = build_inference_model(model, pack=pack)
+    cache = KVCache(model.args, 3, 40)
     prompts = prompts_for(model, [4, 7, 2])
-    kv.ensure(3, 40)
     P = max(map(len, prompts))
     toks = torch.zeros(3, P, dtype=torch.long)
     for i, p in enumerate(prompts):
         toks[i, :len(p)] = torch.tensor(p)
-    logits = run.prefill(toks, 0, torch.tensor([len(p) - 1 for p in prompts]))
+    logits = prefill(fast, cache, toks, 0, [len(p) for p in prompts])
     seqs = [list(p) for p in prompts]
     for step in range(10):
         with torch.no_grad():
             ref = torch.stack([model(torch.tensor([s]))[0, -1] for s in seqs])
         torch.testing.assert_close(logits, ref, atol=2e-4, rtol=1e-4)
         nxt = ref.argmax(-1)
-        pos = torch.tensor([len(s) for s in seqs])
         for s, t in zip(seqs, nxt.tolist()):
             s.append(t)
-        logits = run.decode(nxt, pos, int(pos.max()), bool(pos.min() == pos.max()))
+        logits = decode(fast, cache, nxt)
 
 
 def test_batched_rows_equal_each_alone_and_dedup():
@@ -171,9 +169,9 @@ def test_weights_change_between_calls_is_seen():
             prm.mul_(1.5)
     after = generate(model, p, 10, stop_ids=None)
     assert after == generate(model, p, 10, stop_ids=None, use_cache=False) and after != before
-    from camelid.infer.engine import fast_weights
     model.to(torch.bfloat16)  # the packed copy follows the model's dtype too
-    assert fast_weights(model).dtype == torch.bfloat16 and fast_weights(model, dtype=torch.float32).dtype == torch.float32
+    dtype = lambda m: m.tok_embeddings.weight.dtype  # noqa: E731
+    assert dtype(inference_model(model)) == torch.bfloat16 and dtype(inference_model(model, dtype=torch.float32)) == torch.float32
 
 
 # ---------------------------------------------------------------------------------------------- sampling

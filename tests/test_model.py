@@ -113,12 +113,12 @@ def test_kv_cache_matches_full_forward(chunks):
     x = torch.randint(0, SMALL["vocab_size"], (2, sum(chunks)))
     with torch.no_grad():
         full = model(x)
-        cache = KVCache(model.args, batch_size=2, max_len=32)
+        cache = KVCache(model.args, rows=2, slots=32)
         outs, i = [], 0
         for n in chunks:  # multi-token chunks after a cached prefix need bottom-right causal alignment
             outs.append(model(x[:, i:i + n], cache=cache))
             i += n
-    assert cache.length == x.shape[1]
+    assert cache.lengths == [x.shape[1]] * 2
     assert (torch.cat(outs, 1) - full).abs().max() <= 1e-5
 
 
@@ -226,3 +226,41 @@ def test_unknown_preset_and_unknown_keys():
     with pytest.raises(ValueError, match="unknown keys"):
         ModelArgs.from_dict({"dim": 64, "n_heads": 4, "hidden_size": 3})
     assert set(PRESETS) >= set(EXPECTED_PARAMS)
+
+
+def test_ragged_cache_rows_equal_uncached_forward():
+    """Rows of different lengths in one KVCache: prefilled one by one into views of single rows, then run
+    together (one token, then chunks of three) with each row at its own position, a finished row replaced
+    by the last one (continuous batching) and the cache regrown midway. Every call gives model.forward's
+    logits for each row's whole sequence."""
+    model = tiny_model()
+    torch.manual_seed(1)
+    seqs = [torch.randint(3, SMALL["vocab_size"], (n,)).tolist() for n in (5, 9, 2)]
+    cache = KVCache(model.args, rows=3, slots=20)
+
+    def check(out, rows):
+        for b, s in enumerate(rows):
+            want = model(torch.tensor([s]))[0, -out.shape[1]:]
+            assert (out[b] - want).abs().max() <= 1e-5
+
+    with torch.no_grad():
+        for i, s in enumerate(seqs):
+            check(model(torch.tensor([s]), cache=cache.rows(i, 1)), [s])
+        assert cache.lengths == [5, 9, 2]
+        for T in (1, 3, 1):
+            new = torch.randint(3, SMALL["vocab_size"], (len(seqs), T))
+            for s, t in zip(seqs, new.tolist()):
+                s.extend(t)
+            check(model(new, cache=cache.rows(0, len(seqs))), seqs)
+        cache.copy_row(2, 0)  # row 0 finished: the last row moves into its place
+        seqs = [seqs[2], seqs[1]]
+        cache.resize(4, 32)
+        assert cache.lengths[:2] == [len(s) for s in seqs] and cache.slots == 32
+        for T in (1, 2):
+            new = torch.randint(3, SMALL["vocab_size"], (2, T))
+            for s, t in zip(seqs, new.tolist()):
+                s.extend(t)
+            check(model(new, cache=cache.rows(0, 2)), seqs)
+    assert cache.lengths[:2] == [len(s) for s in seqs]
+    with pytest.raises(ValueError, match="full"):
+        model(torch.zeros(2, 32 - len(seqs[1]) + 1, dtype=torch.long), cache=cache.rows(0, 2))

@@ -1,274 +1,59 @@
-"""The sampling engine: batched generation with a preallocated KV cache and continuous batching.
+"""The sampling engine: scheduling, sampling and continuous batching over the model's own forward.
 
 One engine serves both ends of camelid: batch-1 chat (latency) and many-prompt sampling for rejection
-sampling and PPO (throughput). How it is fast:
+sampling and PPO (throughput). The arithmetic is model.py's (`Transformer.hidden`, the same modules
+training runs); what this file adds is the bookkeeping around it:
 
-* Its own lean forward pass over the model's weights (`FastWeights`). On CPU the q/k/v projections are
-  fused and every matrix is pre-packed once for oneDNN (the layout `torch.compile`'s freezing pass would
-  choose), which reads weights about 2.5x faster than `F.linear` does at batch 1; SiLU, the SwiGLU
-  product and the residual additions run as post-ops of the matmuls, so a layer is about a dozen ops.
-  The packed copies are rebuilt automatically when the model's parameters change (a training step in
-  between two calls), and cached on the model otherwise. On GPU it uses the model's own weights.
-* Every row keeps its own length in the cache: a new prompt is prefilled straight into a free row
+* The forward runs on `inference_model(model)` (infer/packing.py): a twin of the model whose projections
+  are pre-packed for oneDNN and fused (wq|wk|wv, w1|w3) on CPU, rebuilt when the weights change.
+* Every row keeps its own length in the `KVCache`: a new prompt is prefilled straight into a free row
   (right-padded, plain causal attention, no padding mask at all), decoding writes each row's new key at
   its own slot, and a key mask `slot <= position` hides the unused tail of shorter rows. There is no
   left padding, no re-slicing and no copying of the cache per step.
 * Active rows are kept packed at the front of the cache: when a row finishes, the last active row moves
-  into its slot, so a decode step always works on a contiguous view `[:n]`.
-* Grouped-query attention reads each cached key/value head once: the query heads that share a kv head
-  ride along as the query-length axis of one SDPA call, instead of expanding k and v.
+  into its slot, so a decode step always works on a contiguous view of the first n rows.
 
 Continuous batching: `Engine.add()` queues a request at any time; the next `step()` prefills it into a
 free row and it decodes with the others from then on. `generate()` and `stream()` are thin loops
 around it; the server runs the same loop in a worker thread.
 
-The result matches `model.forward` (same formulas and rounding order in fp32; tests compare greedy
-tokens with Hugging Face's `generate` and with uncached decoding).
+Tests compare greedy tokens with Hugging Face's `generate` and with uncached decoding.
 """
 
 from __future__ import annotations
 
 import itertools
-import weakref
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
+from camelid.infer.packing import inference_model
 from camelid.infer.sampling import SamplingParams, sample
+from camelid.model import KVCache
 
 LLAMA_EOS_ID = 2
 
 
-def _can_pack(device: torch.device, dtype: torch.dtype) -> bool:
-    if device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
-        return False
-    try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise") \
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-    except Exception:  # pragma: no cover - exotic builds
-        return False
+@torch.inference_mode()
+def prefill(model, cache: KVCache, tokens: torch.Tensor, row0: int, lengths: list[int]) -> torch.Tensor:
+    """Run right-padded prompts tokens [m, P] into the empty cache rows row0..row0+m-1.
 
-
-class FastWeights:
-    """The model's weights arranged for inference: fused projections, oneDNN-packed on CPU.
-
-    `pack=None` packs when the device is a CPU with oneDNN and the dtype is fp32 or bf16.
-    `dtype` casts the weights (e.g. bf16 inference from an fp32 model) without touching the model.
+    lengths: each prompt's real length (the padding's keys stay in the cache, past the row's end, where
+    the next token overwrites them). Returns the logits of each prompt's last token, [m, vocab] fp32.
     """
-
-    def __init__(self, model, dtype: torch.dtype | None = None, pack: bool | None = None):
-        self.model = model
-        self.args = model.args
-        p = next(model.parameters())
-        self.device = p.device
-        self.dtype = dtype or p.dtype
-        self.pack = _can_pack(self.device, self.dtype) if pack is None else pack
-        if self.pack and not _can_pack(self.device, self.dtype):
-            raise ValueError(f"weight packing needs a CPU with oneDNN and fp32/bf16 weights, not {self.device}/{self.dtype}")
-        self._signature = None
-        self.refresh()
-
-    def _params(self):
-        return [p for _, p in sorted(self.model.named_parameters())]
-
-    def _current_signature(self):
-        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self._params())
-
-    @torch.no_grad()
-    def refresh(self) -> None:
-        """Rebuild the fused/packed copies if any parameter changed since they were built."""
-        sig = self._current_signature()
-        if sig == self._signature:
-            return
-        m, dt = self.model, self.dtype
-
-        def cast(w):
-            return w.detach().to(dt)
-
-        def prep(*ws):
-            if not self.pack:
-                return tuple(cast(w) for w in ws)
-            w = cast(ws[0]) if len(ws) == 1 else torch.cat([cast(w) for w in ws], 0)
-            return (torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), None),)
-
-        self.embedding = cast(m.tok_embeddings.weight)
-        self.layers = []
-        for layer in m.layers:
-            a, f = layer.attention, layer.feed_forward
-            self.layers.append(dict(
-                attn_norm=cast(layer.attention_norm.weight), attn_eps=layer.attention_norm.eps,
-                qkv=prep(a.wq.weight, a.wk.weight, a.wv.weight), wo=prep(a.wo.weight),
-                ffn_norm=cast(layer.ffn_norm.weight), ffn_eps=layer.ffn_norm.eps,
-                w1=prep(f.w1.weight), w3=prep(f.w3.weight), w2=prep(f.w2.weight)))
-        self.norm, self.norm_eps = cast(m.norm.weight), m.norm.eps
-        self.output = prep(m.output.weight)
-        self._signature = sig
-
-    def linear(self, x: torch.Tensor, ws: tuple) -> torch.Tensor:
-        if self.pack:
-            return torch.ops.mkldnn._linear_pointwise(x, ws[0], None, "none", [], "")
-        if len(ws) == 1:
-            return F.linear(x, ws[0])
-        return torch.cat([F.linear(x, w) for w in ws], dim=-1)
-
-    def linear_add(self, x: torch.Tensor, ws: tuple, residual: torch.Tensor) -> torch.Tensor:
-        """residual + x @ W.T (one oneDNN call with a fused sum when packed)."""
-        if self.pack:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, ws[0], None, "add")
-        return residual + F.linear(x, ws[0])
-
-    def swiglu(self, x: torch.Tensor, L: dict) -> torch.Tensor:
-        """silu(x @ W1.T) * (x @ W3.T), with silu and the product fused into the matmuls when packed."""
-        if self.pack:
-            a = torch.ops.mkldnn._linear_pointwise(x, L["w1"][0], None, "swish", [], "")
-            return torch.ops.mkldnn._linear_pointwise.binary(x, a, L["w3"][0], None, "mul")
-        return F.silu(F.linear(x, L["w1"][0])) * F.linear(x, L["w3"][0])
+    m = tokens.shape[0]
+    cache.lengths[row0:row0 + m] = [0] * m
+    h = model.hidden(tokens, cache=cache.rows(row0, m))
+    cache.lengths[row0:row0 + m] = lengths
+    last = torch.tensor(lengths, device=h.device) - 1
+    return model.output(h[torch.arange(m, device=h.device), last]).float()  # only the last token needs logits
 
 
-_fast_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def fast_weights(model, dtype=None, pack=None) -> FastWeights:
-    """The model's FastWeights, built once and reused while the parameters stay unchanged."""
-    per_model = _fast_cache.setdefault(model, {})
-    p = next(model.parameters())
-    key = (dtype or p.dtype, p.device, pack)  # dtype None follows the model, even after model.to(...)
-    fw = per_model.get(key)
-    if fw is None:
-        fw = per_model[key] = FastWeights(model, dtype=key[0], pack=pack)
-    else:
-        fw.refresh()
-    return fw
-
-
-def _rms_norm(x, weight, eps):
-    # Meta's RMSNorm: normalise in fp32, cast back, then scale (one fused op when x is fp32).
-    if x.dtype == torch.float32 and weight.dtype == torch.float32:
-        return F.rms_norm(x, weight.shape, weight, eps)
-    return F.rms_norm(x.float(), weight.shape, None, eps).type_as(x) * weight
-
-
-def _rotate(x, cis):
-    """Meta's rotary (pairs (x0, x1), (x2, x3), ... as complex numbers) on x [..., D]; cis broadcasts to [..., D/2]."""
-    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-    return torch.view_as_real(xc * cis).flatten(-2).type_as(x)
-
-
-class KVStore:
-    """Keys and values for every layer, [rows, n_kv_heads, slots, head_dim], each row with its own length.
-
-    Grows (by doubling) in rows and slots as needed, up to the limits given.
-    """
-
-    def __init__(self, args, device, dtype, max_rows: int, max_slots: int):
-        self.args, self.device, self.dtype = args, device, dtype
-        self.max_rows, self.max_slots = max_rows, max_slots
-        self.rows, self.slots = 0, 0
-        self.k: list[torch.Tensor] = []
-        self.v: list[torch.Tensor] = []
-
-    def ensure(self, rows: int, slots: int) -> None:
-        if rows <= self.rows and slots <= self.slots:
-            return
-        if rows > self.max_rows or slots > self.max_slots:
-            raise ValueError(f"KV cache limit: {rows} rows x {slots} slots asked, {self.max_rows} x {self.max_slots} allowed")
-        new_rows = min(self.max_rows, max(rows, 2 * self.rows if rows > self.rows else self.rows))
-        new_slots = min(self.max_slots, max(slots, 2 * self.slots if slots > self.slots else self.slots, 64))
-        shape = (new_rows, self.args.kv_heads, new_slots, self.args.head_dim)
-        k = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.args.n_layers)]
-        v = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.args.n_layers)]
-        for old, new in zip(self.k + self.v, k + v):
-            new[: self.rows, :, : self.slots].copy_(old)
-        self.k, self.v, self.rows, self.slots = k, v, new_rows, new_slots
-
-    def move_row(self, src: int, dst: int, length: int) -> None:
-        for t in itertools.chain(self.k, self.v):
-            t[dst, :, :length].copy_(t[src, :, :length])
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in itertools.chain(self.k, self.v))
-
-
-class FastRunner:
-    """Prefill and decode over a KVStore with the model's fast weights."""
-
-    def __init__(self, weights: FastWeights, kv: KVStore):
-        self.w, self.kv, self.args = weights, kv, weights.args
-        a = self.args
-        self.n_heads, self.n_kv, self.hd = a.n_heads, a.kv_heads, a.head_dim
-        self.group = self.n_heads // self.n_kv
-        inv_freq = 1.0 / (a.rope_theta ** (torch.arange(0, self.hd, 2, device=weights.device, dtype=torch.float32) / self.hd))
-        self._inv_freq = inv_freq
-        self._cis = torch.empty(0, self.hd // 2, device=weights.device, dtype=torch.complex64)
-
-    def _rope(self, n: int) -> torch.Tensor:
-        """cos + i sin of the rotary angles for positions 0..n-1 (the same angles model.py computes)."""
-        if self._cis.shape[0] < n:
-            n = max(n, 2 * self._cis.shape[0], 256)
-            angles = torch.arange(n, device=self._inv_freq.device, dtype=torch.float32).unsqueeze(-1) * self._inv_freq
-            self._cis = torch.complex(angles.cos(), angles.sin())
-        return self._cis
-
-    @torch.inference_mode()
-    def prefill(self, tokens: torch.Tensor, row0: int, last: torch.Tensor) -> torch.Tensor:
-        """Run right-padded prompts tokens [m, P] into cache rows row0..row0+m-1 (slots 0..P-1).
-
-        last [m]: index of each prompt's final token. Returns the logits there, [m, vocab] fp32.
-        """
-        w, kv = self.w, self.kv
-        m, P = tokens.shape
-        H, KV, D = self.n_heads, self.n_kv, self.hd
-        cis = self._rope(P)[:P].view(1, P, 1, -1)
-        h = F.embedding(tokens, w.embedding)
-        for i, L in enumerate(w.layers):
-            x = _rms_norm(h, L["attn_norm"], L["attn_eps"])
-            qkv = w.linear(x, L["qkv"]).view(m, P, H + 2 * KV, D)
-            q = _rotate(qkv[:, :, :H], cis).transpose(1, 2)
-            k = _rotate(qkv[:, :, H:H + KV], cis).transpose(1, 2)
-            v = qkv[:, :, H + KV:].transpose(1, 2)
-            kv.k[i][row0:row0 + m, :, :P].copy_(k)
-            kv.v[i][row0:row0 + m, :, :P].copy_(v)
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=P > 1, enable_gqa=KV != H)
-            h = w.linear_add(o.transpose(1, 2).reshape(m, P, H * D), L["wo"], h)
-            x = _rms_norm(h, L["ffn_norm"], L["ffn_eps"])
-            h = w.linear_add(w.swiglu(x, L), L["w2"], h)
-        h = h[torch.arange(m, device=h.device), last]  # [m, dim]: only the last prompt token needs logits
-        h = _rms_norm(h, w.norm, w.norm_eps)
-        return w.linear(h, w.output).float()
-
-    @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, pos: torch.Tensor, max_pos: int, uniform: bool) -> torch.Tensor:
-        """One token for each of the first n cache rows: tokens [n] at slots pos [n] -> logits [n, vocab] fp32.
-
-        max_pos: max(pos) as a Python int; uniform: all rows are at the same position (no key mask needed).
-        """
-        w, kv = self.w, self.kv
-        n = tokens.shape[0]
-        H, KV, D, G = self.n_heads, self.n_kv, self.hd, self.group
-        S = max_pos + 1
-        cis = self._rope(S)[pos].view(n, 1, -1)
-        if uniform:
-            mask = None
-            index = (slice(0, n), slice(None), max_pos)
-        else:
-            mask = (torch.arange(S, device=pos.device).unsqueeze(0) <= pos.unsqueeze(1)).view(n, 1, 1, S)
-            index = (torch.arange(n, device=pos.device), slice(None), pos)
-        h = F.embedding(tokens, w.embedding)  # [n, dim]
-        for i, L in enumerate(w.layers):
-            x = _rms_norm(h, L["attn_norm"], L["attn_eps"])
-            qkv = w.linear(x, L["qkv"]).view(n, H + 2 * KV, D)
-            qk = _rotate(qkv[:, :H + KV], cis)
-            ck, cv = kv.k[i], kv.v[i]
-            ck[index] = qk[:, H:]
-            cv[index] = qkv[:, H + KV:]
-            # query heads sharing a kv head sit on the "query length" axis: k and v are read once
-            o = F.scaled_dot_product_attention(qk[:, :H].view(n, KV, G, D), ck[:n, :, :S], cv[:n, :, :S], attn_mask=mask)
-            h = w.linear_add(o.reshape(n, H * D), L["wo"], h)
-            x = _rms_norm(h, L["ffn_norm"], L["ffn_eps"])
-            h = w.linear_add(w.swiglu(x, L), L["w2"], h)
-        h = _rms_norm(h, w.norm, w.norm_eps)
-        return w.linear(h, w.output).float()
+@torch.inference_mode()
+def decode(model, cache: KVCache, tokens: torch.Tensor) -> torch.Tensor:
+    """One token for each of the first n cache rows: tokens [n] -> logits [n, vocab] fp32."""
+    n = tokens.shape[0]
+    return model(tokens.view(n, 1), cache=cache.rows(0, n)).view(n, -1).float()
 
 
 _ids = itertools.count()
@@ -309,28 +94,28 @@ class Engine:
     """Continuous-batching generator over one model.
 
     max_batch: rows decoded together; max_seq_len: context (prompt + new tokens), default the model's.
-    dtype: inference dtype (default the model's); pack: see FastWeights; seed: the shared generator's
-    seed (requests with their own `seed` use their own generator).
+    dtype: inference dtype (default the model's); pack: see `inference_model`; seed: the shared
+    generator's seed (requests with their own `seed` use their own generator).
     """
 
     def __init__(self, model, max_batch: int = 16, max_seq_len: int | None = None, dtype=None, pack=None,
                  seed: int | None = None, max_prefill_tokens: int = 8192):
         self.model = model
-        self.weights = fast_weights(model, dtype=dtype, pack=pack)
+        self.forward_model = inference_model(model, dtype=dtype, pack=pack)
         self.args = model.args
         self.max_seq_len = max_seq_len or self.args.max_seq_len
         self.max_batch = max_batch
         self.max_prefill_tokens = max_prefill_tokens
-        self.kv = KVStore(self.args, self.weights.device, self.weights.dtype, max_batch, self.max_seq_len)
-        self.runner = FastRunner(self.weights, self.kv)
-        self.generator = torch.Generator(device=self.weights.device)
+        weight = self.forward_model.tok_embeddings.weight
+        self.device = weight.device
+        self.cache = KVCache(self.args, 0, 0, self.device, weight.dtype)  # grown on demand (`_reserve`)
+        self.generator = torch.Generator(device=self.device)
         if seed is not None:
             self.generator.manual_seed(seed)
         else:
             self.generator.seed()
         self.waiting: list[Request] = []
         self.active: list[Request] = []  # row i of the cache holds active[i]
-        self.lengths: list[int] = []  # cache slots filled per row (the next token goes at this slot)
         self.last: list[int] = []  # last sampled token per row (the next decode input)
 
     # ---- requests ----
@@ -349,7 +134,7 @@ class Engine:
     def add(self, req: Request) -> Request:
         self.validate(req)
         if req.seed is not None and req.generator is None:
-            req.generator = torch.Generator(device=self.weights.device).manual_seed(req.seed)
+            req.generator = torch.Generator(device=self.device).manual_seed(req.seed)
         self.waiting.append(req)
         return req
 
@@ -362,6 +147,12 @@ class Engine:
             req.finish_reason = "abort"
         elif req in self.active:
             self._finish_row(self.active.index(req), "abort")
+
+    @property
+    def lengths(self) -> list[int]:
+        """Cache slots filled in each running row: a copy, the cache owns them (rows past the running ones
+        are free, so dropping every running row needs only `active` and `last` cleared)."""
+        return self.cache.lengths[:len(self.active)]
 
     @property
     def has_work(self) -> bool:
@@ -405,35 +196,35 @@ class Engine:
         dups = [(u, r) for u, g in enumerate(groups.values()) for r in g[1:]]
         reqs = [g[0] for g in groups.values()] + [r for _, r in dups]
         P = max(len(p) for p in prompts)
-        self.kv.ensure(row0 + len(reqs), min(self.max_seq_len, max(P + 1, max(len(r.prompt) + r.max_new_tokens for r in reqs))))
-        dev = self.weights.device
+        self._reserve(row0 + len(reqs), min(self.max_seq_len, max(P + 1, max(len(r.prompt) + r.max_new_tokens for r in reqs))))
         toks = torch.zeros(len(prompts), P, dtype=torch.long)
         for j, p in enumerate(prompts):
             toks[j, :len(p)] = torch.tensor(p)
-        last = torch.tensor([len(p) - 1 for p in prompts], device=dev)
-        logits = self.runner.prefill(toks.to(dev), row0, last)
+        logits = prefill(self.forward_model, self.cache, toks.to(self.device), row0, [len(p) for p in prompts])
         if dups:
             for k, (u, _) in enumerate(dups):
-                self.kv.move_row(row0 + u, row0 + len(prompts) + k, len(prompts[u]))
-            logits = torch.cat([logits, logits[torch.tensor([u for u, _ in dups], device=dev)]])
+                self.cache.copy_row(row0 + u, row0 + len(prompts) + k)
+            logits = torch.cat([logits, logits[torch.tensor([u for u, _ in dups], device=self.device)]])
         for req in reqs:
             self.active.append(req)
-            self.lengths.append(len(req.prompt))
             self.last.append(-1)
         return events + self._sample_and_emit(logits, row0)
 
+    def _reserve(self, rows: int, slots: int) -> None:
+        """Grow the cache (doubling, up to max_batch x max_seq_len) to hold rows x slots."""
+        have_rows, have_slots = len(self.cache.lengths), self.cache.slots
+        if rows <= have_rows and slots <= have_slots:
+            return
+        if rows > self.max_batch or slots > self.max_seq_len:
+            raise ValueError(f"KV cache limit: {rows} rows x {slots} slots asked, "
+                             f"{self.max_batch} x {self.max_seq_len} allowed")
+        self.cache.resize(min(self.max_batch, max(rows, 2 * have_rows if rows > have_rows else have_rows)),
+                          min(self.max_seq_len, max(slots, 2 * have_slots if slots > have_slots else have_slots, 64)))
+
     def _decode(self) -> list[Event]:
         n = len(self.active)
-        dev = self.weights.device
-        need = max(self.lengths) + 1
-        if need > self.kv.slots:
-            self.kv.ensure(n, need)
-        tokens = torch.tensor(self.last, device=dev)
-        uniform = min(self.lengths) == max(self.lengths)
-        pos = torch.tensor(self.lengths, device=dev)
-        logits = self.runner.decode(tokens, pos, max(self.lengths), uniform)
-        for i in range(n):
-            self.lengths[i] += 1
+        self._reserve(n, max(self.cache.lengths[:n]) + 1)
+        logits = decode(self.forward_model, self.cache, torch.tensor(self.last, device=self.device))
         return self._sample_and_emit(logits, 0)
 
     def _sample_and_emit(self, logits: torch.Tensor, row0: int) -> list[Event]:
@@ -458,7 +249,7 @@ class Engine:
             req.tokens.append(tok)
             self.last[row] = tok
             reason = None
-            if len(req.tokens) >= req.max_new_tokens or self.lengths[row] + 1 >= self.max_seq_len:
+            if len(req.tokens) >= req.max_new_tokens or self.cache.lengths[row] + 1 >= self.max_seq_len:
                 reason = "length"
                 finished.append((row, reason))
             events.append(Event(req, tok, reason))
@@ -471,10 +262,9 @@ class Engine:
         req.finish_reason = reason
         last = len(self.active) - 1
         if row != last:
-            self.kv.move_row(last, row, self.lengths[last])
-            self.active[row], self.lengths[row], self.last[row] = self.active[last], self.lengths[last], self.last[last]
+            self.cache.copy_row(last, row)
+            self.active[row], self.last[row] = self.active[last], self.last[last]
         self.active.pop()
-        self.lengths.pop()
         self.last.pop()
 
     def run(self, callback=None) -> None:
@@ -584,5 +374,5 @@ def weight_bytes_per_token(args, dtype=torch.float32) -> int:
     return (n + args.dim) * torch.empty(0, dtype=dtype).element_size()
 
 
-__all__ = ["Engine", "Request", "Event", "SamplingParams", "generate", "stream", "FastWeights", "fast_weights",
+__all__ = ["Engine", "Request", "Event", "SamplingParams", "generate", "stream", "prefill", "decode",
            "LLAMA_EOS_ID", "kv_bytes_per_token", "weight_bytes_per_token"]
