@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from camelid.fsutil import atomic_write_text, reporting_disk_full
-from camelid.runlog import METRICS_FILE, metric_lines, read_metrics  # noqa: F401  (read_metrics: read back what MetricsLog wrote)
+from camelid.runlog import METRICS_FILE, metric_lines
 
 # Dense bf16 peak FLOP/s (no sparsity) of the usual training GPUs.
 GPU_PEAK_BF16 = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
