@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import camelid.model as model_module
-from camelid.infer import generate
+from camelid.infer import generate, packing
+from camelid.infer.engine import decode, prefill
 from camelid.infer.packing import PackedLinear, build_inference_model, inference_model
 from tests.test_infer import prompts_for, tiny_model
 
@@ -99,3 +100,23 @@ def test_twin_adds_nothing_to_the_model():
     assert not any(p.requires_grad for p in twin.parameters())
     if twin.pack:
         assert isinstance(twin.layers[0].attention.wqkv, PackedLinear) and not list(twin.layers[0].attention.wqkv.parameters())
+
+
+@pytest.mark.parametrize("plain", [True, False])
+def test_both_one_row_kernels_give_the_model_logits(monkeypatch, plain):
+    """Whichever kernel the one-row timing picks on this host, batch-1 decoding gives model.forward's logits."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN in this torch build")
+    monkeypatch.setattr(packing, "plain_matvec_is_faster", lambda *a: plain)
+    model = tiny_model()
+    twin = build_inference_model(model, pack=True)
+    assert (twin.output.plain is not None) == plain
+    seq = prompts_for(model, [6])[0]
+    cache = model_module.KVCache(model.args, 1, 16)
+    logits = prefill(twin, cache, torch.tensor([seq]), 0, [len(seq)])
+    for _ in range(4):
+        with torch.no_grad():
+            want = model(torch.tensor([seq]))[0, -1:]
+        torch.testing.assert_close(logits, want, atol=2e-4, rtol=1e-4)
+        seq.append(int(want.argmax()))
+        logits = decode(twin, cache, torch.tensor(seq[-1:]))

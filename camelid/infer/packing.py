@@ -2,7 +2,8 @@
 
 It returns a twin of the model that runs model.py's own forward, with every projection replaced by a
 `PackedLinear`: on a CPU with oneDNN the matrices are pre-packed once (the layout `torch.compile`'s
-freezing pass would choose; it reads weights about 2.5x faster than `F.linear` at batch 1) and the
+freezing pass would choose; on the AMD EPYC of docs/PERFORMANCE.md it reads weights about 2.5x faster
+than `F.linear` at batch 1, see `plain_matvec_is_faster` for hosts where it does not) and the
 projections that read the same input are fused into one matmul (wq|wk|wv, w1|w3). Elsewhere the twin
 shares the model's own weights (cast copies only when another dtype is asked for).
 
@@ -34,8 +35,9 @@ def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def pack_weight(w: torch.Tensor) -> torch.Tensor:
-    # The batch-size hint 1 picks oneDNN's layout for few rows: in bf16 it decodes 8-14% faster at batch
-    # 1 and 16 (about 5% slower for a long prefill); in fp32 it only slows batch 16 down.
+    # The batch-size hint 1 picks oneDNN's layout for few rows: in bf16 the reference config's matrices
+    # ran 8-14% faster at batch 1 and 16 alone, 1-2% in a whole decode step (5% slower for a long
+    # prefill); in fp32 it only slows batch 16 down. (Intel Xeon host, 1 thread.)
     return torch.ops.mkldnn._reorder_linear_weight(w, 1 if w.dtype == torch.bfloat16 else None)
 
 
