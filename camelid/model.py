@@ -313,15 +313,20 @@ class Attention(nn.Module):
         self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
-        self.wqkv: nn.Module | None = None  # inference may put one matmul for all three here (infer/packing.py)
+        # inference may put one matmul for all three here (infer/packing.py): its output is [q | k | v]
+        self.wqkv: nn.Module | None = None
 
     def forward(self, x, freqs, mask=None, cache: KVCache | None = None, layer: int = 0):
         B, T, _ = x.shape
-        q, k, v = (self.wq(x), self.wk(x), self.wv(x)) if self.wqkv is None else self.wqkv(x)
-        q = q.view(B, T, -1, self.head_dim)  # -1, not n_heads: tensor parallel shards the heads
-        k = k.view(B, T, -1, self.head_dim)
-        v = v.view(B, T, -1, self.head_dim)
-        q, k = apply_rotary(q, freqs), apply_rotary(k, freqs)
+        if self.wqkv is None:
+            q = self.wq(x).view(B, T, -1, self.head_dim)  # -1, not n_heads: tensor parallel shards the heads
+            k = self.wk(x).view(B, T, -1, self.head_dim)
+            v = self.wv(x).view(B, T, -1, self.head_dim)
+            q, k = apply_rotary(q, freqs), apply_rotary(k, freqs)
+        else:  # q and k heads side by side: one rotation for both (a decode step is short; each op counts)
+            qkv = self.wqkv(x).view(B, T, -1, self.head_dim)
+            qk, v = qkv.split([self.n_heads + self.n_kv_heads, self.n_kv_heads], dim=2)
+            q, k = apply_rotary(qk, freqs).split([self.n_heads, self.n_kv_heads], dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
         if cache is not None:
             k, v = cache.update(layer, k, v)
@@ -334,10 +339,10 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(dim, hidden_dim, bias=False)
         self.w2 = nn.Linear(hidden_dim, dim, bias=False)
         self.w3 = nn.Linear(dim, hidden_dim, bias=False)
-        self.w13: nn.Module | None = None  # inference may put one matmul for w1 and w3 here (infer/packing.py)
+        self.w13: nn.Module | None = None  # inference may put one matmul for w1 and w3 here: [gate | up]
 
     def forward(self, x):
-        gate, up = (self.w1(x), self.w3(x)) if self.w13 is None else self.w13(x)
+        gate, up = (self.w1(x), self.w3(x)) if self.w13 is None else self.w13(x).chunk(2, dim=-1)
         return self.w2(F.silu(gate) * up)
 
 

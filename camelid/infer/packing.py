@@ -62,13 +62,13 @@ def plain_matvec_is_faster(dtype: torch.dtype, out_features: int, in_features: i
 
 
 class PackedLinear(nn.Module):
-    """x @ W.T for one or more weight matrices stacked along the output (a tuple of outputs then),
-    pre-packed for oneDNN, plus the plain matrix where `F.linear` is faster for one row. These copies are
-    plain attributes: not parameters, not in state_dict."""
+    """x @ W.T for one or more weight matrices stacked along the output (their outputs side by side on the
+    last dimension: model.py's fused slots read them so), pre-packed for oneDNN, plus the plain matrix
+    where `F.linear` is faster for one row. These copies are plain attributes: not parameters, not in
+    state_dict."""
 
     def __init__(self, *linears: nn.Linear, dtype: torch.dtype, plain_matvec: bool = False):
         super().__init__()
-        self.sizes = [lin.out_features for lin in linears]
         w = torch.cat([lin.weight.detach().to(dtype) for lin in linears]).contiguous()
         self.packed = pack_weight(w)
         self.plain = w if plain_matvec else None
@@ -79,7 +79,7 @@ class PackedLinear(nn.Module):
         else:  # oneDNN runs a 2-D input faster than the model's [B, T, dim] (15% at batch 1 with 2 threads)
             y = torch.ops.mkldnn._linear_pointwise(x.flatten(0, -2), self.packed, None, "none", [], "")
             y = y.view(*x.shape[:-1], -1)
-        return y if len(self.sizes) == 1 else y.split_with_sizes(self.sizes, dim=-1)
+        return y
 
 
 def signature(model: nn.Module) -> tuple:
