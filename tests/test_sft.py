@@ -86,12 +86,14 @@ def test_stages_that_cannot_run_distributed_refuse_under_torchrun(tmp_path, monk
     from camelid.config import ConfigError
     from camelid.quickstart import quickstart
     from camelid.rlhf.ppo import PPO
+    from camelid.rlhf.rs import RS
     from camelid.train.reward import RM
     from camelid.train.sft import SFT
     from camelid.train.stage import run_stage
 
+    assert SFT.distributed and RM.distributed  # tests/test_distributed_stages.py runs them under torchrun
     monkeypatch.setenv("WORLD_SIZE", "2")
-    for stage in (SFT, RM, PPO):
+    for stage in (RS, PPO):
         with pytest.raises(ConfigError, match=f"camelid {stage.name} runs in one process for now"):
             run_stage(stage, stage.config(), tmp_path / stage.name)
         assert not (tmp_path / stage.name).exists()
