@@ -1,5 +1,6 @@
 """What every stage shares, owned in one place: the run directory, the device, the starting model and its
-tokenizer, config.toml saved and reread on resume, "already done" detection, timing and the end of a stage.
+tokenizer, config.toml saved and reread on resume, "already done" detection, timing, the end of a stage
+and, for a stage that runs distributed, the torchrun session (process group, sharding, rank 0 writing).
 
 A stage (pretrain, sft, rm, rs, ppo) is a typed config (a `StageConfig` subclass whose field defaults
 are the paper's recipe; TOML recipes and `--set` only override) and a function `body(cfg, ctx) -> dict`
