@@ -114,14 +114,18 @@ def stage_data(out: Path, tokenizer_path: Path) -> dict:
     return prepare_data(tokenizer_path, out, workers=2, progress=True)
 
 
+def vocab_size(smoke: bool) -> int:
+    return SMOKE["vocab_size"] if smoke else VOCAB_SIZE
+
+
 def stage_classes() -> dict:
-    from camelid.config import Config
+    from camelid.train.pretrain import PRETRAIN
     from camelid.rlhf.ppo import PPO
     from camelid.rlhf.rs import RS
     from camelid.train.reward import RM
     from camelid.train.sft import SFT
 
-    return {"pretrain": Config, "sft": SFT.config, "rm": RM.config, "rs": RS.config, "ppo": PPO.config}
+    return {"pretrain": PRETRAIN.config, "sft": SFT.config, "rm": RM.config, "rs": RS.config, "ppo": PPO.config}
 
 
 def route_overrides(overrides: list[str]) -> dict[str, list[str]]:
@@ -160,7 +164,7 @@ def step_command(step: Step, out: Path, smoke: bool, routed: dict) -> str:
     """The camelid command that does what this step does."""
     q = lambda p: shlex.quote(str(p))  # noqa: E731
     if step.name == "tokenizer":
-        vocab = SMOKE["vocab_size"] if smoke else VOCAB_SIZE
+        vocab = vocab_size(smoke)
         return (f"camelid tokenizer train --corpus embedded --vocab-size {vocab} --out {q(out / 'tokenizer')}"
                 + (" --max-lines 20000" if smoke else ""))
     if step.name == "data":
@@ -211,7 +215,7 @@ def quickstart(out: str | Path = "runs/quickstart", smoke: bool = False, overrid
 
 def run_step(step: Step, out: Path, smoke: bool, routed: dict, timings: dict) -> dict:
     if step.name == "tokenizer":
-        vocab = SMOKE["vocab_size"] if smoke else VOCAB_SIZE
+        vocab = vocab_size(smoke)
         tok = stage_tokenizer(out / "tokenizer", vocab, max_lines=20_000 if smoke else None)
         sample = "In the beginning God created the heaven and the earth, in 4004 BC."
         print(f"{tok.model_path}: {vocab:,} pieces; {sample!r} -> {len(tok.encode(sample))} tokens")
