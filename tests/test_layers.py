@@ -30,6 +30,7 @@ LAYERS = {
     "camelid.errors": "core",
     "camelid.fsutil": "core",
     "camelid.dtypes": "core",
+    "camelid.kernels": "core",
     "camelid.lazy": "core",  # lazy re-exports for package __init__s
     "camelid.runlog": "core",  # reading a run's metrics.jsonl
     "camelid.plot": "core",  # figures: a leaf, every layer may draw

@@ -12,7 +12,9 @@ import torch
 import camelid.model as model_module
 from camelid.infer import generate, packing
 from camelid.infer.engine import decode, prefill
-from camelid.infer.packing import PackedLinear, build_inference_model, inference_model
+from camelid.infer.packing import build_inference_model, inference_model
+from camelid import kernels
+from camelid.kernels import PackedLinear
 from tests.test_infer import prompts_for, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -108,7 +110,7 @@ def test_both_one_row_kernels_give_the_model_logits(monkeypatch, plain):
     """Whichever kernel the one-row timing picks on this host, batch-1 decoding gives model.forward's logits."""
     if not torch.backends.mkldnn.is_available():
         pytest.skip("no oneDNN in this torch build")
-    monkeypatch.setattr(packing, "plain_matvec_is_faster", lambda *a: plain)
+    monkeypatch.setattr(kernels, "plain_matvec_is_faster", lambda *a: plain)
     model = tiny_model()
     twin = build_inference_model(model, pack=True)
     assert (twin.output.plain is not None) == plain
