@@ -59,9 +59,11 @@ def sample_shares(ctx, policy, prompt_ids: list[list[int]], max_new_tokens: int,
 
 def score_shares(scorer, prompts: list, answers: list[str]) -> dict:
     """scorer.score over all (prompt, answer) pairs, each rank scoring its share: {"helpful", "safety" (or
-    None), "combined"} tensors in global order on every rank."""
+    None), "combined"} tensors in global order on every rank. The reward models pad every batch to the
+    longest sequence of all pairs, so a score does not depend on which rank computed it."""
     mine = share(len(prompts))
-    part = scorer.score(prompts[mine.start:mine.stop], answers[mine.start:mine.stop])
+    pad = {"pad_to": scorer.longest(prompts, answers)} if hasattr(scorer, "longest") else {}  # a test's scorer: none
+    part = scorer.score(prompts[mine.start:mine.stop], answers[mine.start:mine.stop], **pad)
     return {k: None if v is None else gather_rows(v) for k, v in part.items()}
 
 
@@ -110,28 +112,37 @@ def sequence_kl(policy, ref, prompt_ids, outs, eos_id, device) -> torch.Tensor:
 # ------------------------------------------------------------------------------------ held-out measures
 
 @torch.no_grad()
-def greedy_measures(policy, ref, scorer, tokenizer, prompts: list, max_new_tokens: int, device) -> dict:
-    """Per prompt: the combined reward of the policy's greedy answer ("reward") and, given a reference, the
-    answer's KL to it ("kl")."""
-    ids = encode_prompts(tokenizer, prompts, policy.args.max_seq_len - max_new_tokens)
+def greedy_answers(policy, ref, tokenizer, ids: list[list[int]], max_new_tokens: int, device):
+    """The policy's greedy answers to prompts (token ids) and, given a reference, each answer's KL to it."""
     was = policy.training
     outs = sample_answers(policy, ids, max_new_tokens, 0.0, tokenizer.eos_id)
-    out = {"reward": scorer.score(prompts, [tokenizer.decode(o) for o in outs])["combined"]}
-    if ref is not None:
-        out["kl"] = sequence_kl(policy, ref, ids, outs, tokenizer.eos_id, device)
+    kl = sequence_kl(policy, ref, ids, outs, tokenizer.eos_id, device) if ref is not None else None
     policy.train(was)
+    return outs, kl
+
+
+def measures(scores: dict, kl) -> dict:
+    """The held-out figures: mean combined reward and, given per-answer KLs, their mean."""
+    out = {"reward": scores["combined"].mean().item()}
+    if kl is not None:
+        out["kl"] = kl.mean().item()
     return out
 
 
 def heldout_reward(policy, ref, scorer, tokenizer, prompts: list, max_new_tokens: int, device) -> dict:
-    """Mean combined reward of greedy answers on held-out prompts, and their KL to the reference (one process)."""
-    m = greedy_measures(policy, ref, scorer, tokenizer, prompts, max_new_tokens, device)
-    return {k: v.mean().item() for k, v in m.items()}
+    """Mean combined reward of greedy answers on held-out prompts, and their KL to the reference (given one),
+    in this process alone."""
+    ids = encode_prompts(tokenizer, prompts, policy.args.max_seq_len - max_new_tokens)
+    outs, kl = greedy_answers(policy, ref, tokenizer, ids, max_new_tokens, device)
+    return measures(scorer.score(prompts, [tokenizer.decode(o) for o in outs]), kl)
 
 
 def heldout_shares(ctx, policy, ref, scorer, tokenizer, prompts: list, max_new_tokens: int, device) -> dict:
     """`heldout_reward` with each rank answering its share of the prompts from a full copy of the policy."""
+    ids = encode_prompts(tokenizer, prompts, policy.args.max_seq_len - max_new_tokens)
     mine = share(len(prompts))
     with ctx.full_copy(policy) as full:
-        part = greedy_measures(full, ref, scorer, tokenizer, prompts[mine.start:mine.stop], max_new_tokens, device)
-    return {k: gather_rows(v).mean().item() for k, v in part.items()}
+        outs, kl = greedy_answers(full, ref, tokenizer, ids[mine.start:mine.stop], max_new_tokens, device)
+    outs = gather_objects(outs)
+    scores = score_shares(scorer, prompts, [tokenizer.decode(o) for o in outs])
+    return measures(scores, None if kl is None else gather_rows(kl))

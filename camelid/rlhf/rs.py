@@ -145,8 +145,9 @@ def rs_body(cfg: RSConfig, ctx: RunContext, scorer=None) -> dict:
         if it <= finished:
             pool = {json.dumps(row["messages"], sort_keys=True): row
                     for row in map(json.loads, (it_dir / "pool.jsonl").read_text().splitlines())}
-            policy_path = it_dir / "sft" / "model"
-            policy = load_model(policy_path, device=device, dtype=torch.float32)
+            if pool:  # an empty pool fine-tuned nothing: the policy stayed as it was
+                policy_path = it_dir / "sft" / "model"
+                policy = load_model(policy_path, device=device, dtype=torch.float32)
             history.append(json.loads((it_dir / "iteration.json").read_text()))
             continue
         prompts = load_prompts(r.prompts, "train", n=r.prompts_per_iteration, seed=r.seed * 1000 + it)
