@@ -70,10 +70,9 @@ def rank0_first(make):
 
 @contextlib.contextmanager
 def rank0_only():
-    """Run the body on rank 0 alone (a step that writes files and cannot split its work); the others wait at the
-    end of it. Yields whether this rank runs the body."""
-    rank, _ = _rank_world()
+    """Around a step that rank 0 runs alone (it writes files and cannot split its work): the ranks meet at its
+    end, so the others, waiting at their own `barrier()`, go on only once the files are there."""
     try:
-        yield rank == 0
+        yield
     finally:
         barrier()
