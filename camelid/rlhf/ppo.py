@@ -194,7 +194,9 @@ def make_rollouts(ctx: RunContext, policy, ref, value, scorer: RewardScorer, tok
     was_training = policy.training
     policy.eval()
     prompt_ids = encode_prompts(tokenizer, prompts, policy.args.max_seq_len - p.max_new_tokens)
+    t0 = time.perf_counter()
     outs = sample_shares(ctx, policy, prompt_ids, p.max_new_tokens, p.temperature, tokenizer.eos_id, seeds)
+    rollout_s = time.perf_counter() - t0  # the gather of the full weights included: it is the price of a rollout
     responses = [o + [tokenizer.eos_id] if len(o) < p.max_new_tokens else o for o in outs]  # learn to stop
     texts = [tokenizer.decode([t for t in o if t != tokenizer.eos_id]) for o in outs]
     tokens, mask, resp = answer_batch(prompt_ids, responses)
@@ -220,7 +222,8 @@ def make_rollouts(ctx: RunContext, policy, ref, value, scorer: RewardScorer, tok
              "values_old": values_old, "adv": adv, "returns": returns}
     stats = {"reward": combined.mean().item(), "reward_helpful": scores["helpful"].mean().item(),
              "kl": kl.mean().item(), "response_length": rmask.float().sum(1).mean().item(),
-             "truncated": truncated.float().mean().item()}
+             "truncated": truncated.float().mean().item(),
+             "rollout_tokens_per_s": sum(map(len, outs)) / max(rollout_s, 1e-9)}  # all ranks together
     if scores["safety"] is not None:
         stats["reward_safety"] = scores["safety"].mean().item()
     policy.train(was_training)

@@ -144,7 +144,7 @@ def refuse_unsupported_launch(name: str, distributed: bool) -> None:
     if launched_ranks() > 1 and not distributed:
         raise ConfigError(f"camelid {name} runs in one process for now: under torchrun each of the "
                           f"{launched_ranks()} ranks would train its own copy into the same run folder. "
-                          f"Run it without torchrun (camelid pretrain is the stage that runs distributed)")
+                          f"Run it without torchrun")
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
