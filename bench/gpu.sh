@@ -5,7 +5,12 @@
 #   1. `camelid quickstart --smoke` on the GPU: every stage's CUDA path (train loop, RM, RS, PPO, GAtt)
 #   2. training throughput and MFU of a ~1B Llama-2-style model, camelid vs transformers (bench/gpu_train.py)
 #   3. the full `camelid quickstart` on the GPU, for its time and perplexity
+#   4. post-training of a ~1B model under torchrun with FSDP2 on one GPU: SFT, a reward model and 3 PPO
+#      iterations (bench/gpu_post.py): training speed, PPO rollout tokens/s, peak memory per stage
+# The four limits add up to more than one call's 10 minutes: choose parts with PARTS, e.g.
+#   PARTS="smoke train quickstart" bench/gpu.sh;  PARTS="smoke post" bench/gpu.sh   (post needs smoke's tokenizer)
 set -uo pipefail
+PARTS=${PARTS:-smoke train quickstart post}
 OUT=${OUT:-bench-gpu-out}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -29,8 +34,15 @@ part() {  # part NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log
   echo "=== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$OUT/gpu.txt"
 }
 
-part smoke 100 python3 -m camelid quickstart --smoke --out /tmp/qs-smoke
-part train 270 python3 bench/gpu_train.py --steps 10 --json "$OUT/train.json"
-part quickstart 150 python3 -m camelid quickstart --out /tmp/qs
-cp /tmp/qs/report_card.json /tmp/qs/quickstart.json /tmp/qs/timings.json "$OUT/" 2>/dev/null || true
-ls /tmp/qs 2>/dev/null | tee -a "$OUT/gpu.txt"
+want() { [[ " $PARTS " == *" $1 "* ]]; }
+
+want smoke && part smoke 100 python3 -m camelid quickstart --smoke --out /tmp/qs-smoke
+want train && part train 270 python3 bench/gpu_train.py --steps 10 --json "$OUT/train.json"
+if want quickstart; then
+  part quickstart 150 python3 -m camelid quickstart --out /tmp/qs
+  cp /tmp/qs/report_card.json /tmp/qs/quickstart.json /tmp/qs/timings.json "$OUT/" 2>/dev/null || true
+  ls /tmp/qs 2>/dev/null | tee -a "$OUT/gpu.txt"
+fi
+want post && part post 300 python3 -m torch.distributed.run --standalone --nproc_per_node 1 bench/gpu_post.py \
+  --tokenizer /tmp/qs-smoke/tokenizer/tokenizer.model --json "$OUT/post.json"
+echo "=== done: $PARTS" | tee -a "$OUT/gpu.txt"

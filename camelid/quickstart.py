@@ -15,6 +15,11 @@ same pipeline as `camelid` commands; `--set STAGE.section.key=value` reaches any
     ppo/        PPO on the combined reward with a KL penalty to the SFT model
     gatt/       Ghost Attention fine-tuning of the PPO policy
     report_card.md / .json   every stage measured the same way on held-out prompts
+
+Under torchrun (`torchrun --nproc_per_node N -m camelid quickstart`) one process group spans the whole
+pipeline: every stage runs distributed (data split by rank, trained models sharded); the steps that
+cannot split their work (tokenizer, data shards, plots, samples, the report card) run on rank 0 while
+the others wait, and rank 0 alone writes and prints.
 """
 
 from __future__ import annotations
@@ -30,20 +35,23 @@ from pathlib import Path
 from camelid.config import ConfigError, apply_overrides, from_dict, load_config, replace_keys, validate
 
 VOCAB_SIZE = 4096
-SMOKE = {  # every stage at toy size: proves the pipeline works in seconds (the test suite runs this)
+SMOKE = {  # every stage at toy size: proves the pipeline works in seconds (the test suite runs this); micro-batches
+    # of half a batch, so that it runs under torchrun on 2 ranks with the same global batches
     "vocab_size": 512,
     "pretrain": ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2",
                  "model.ffn_hidden_dim=128", "data.seq_len=64", "train.micro_batch=8", "train.batch_tokens=1024",
                  "train.max_steps=20", "train.warmup_steps=2", "log.every=5", "log.val_every=10",
                  "log.val_batches=1", "checkpoint.every=10"],
-    "sft": ["sft.dialogs=240", "sft.instruction_dialogs=24", "sft.batch_size=8", "train.max_steps=6",
-            "sft.seq_len=128", "sft.val_n=8", "sft.eval_n=20", "sft.eval_gatt=2", "sft.gatt_turns=3"],
+    "sft": ["sft.dialogs=240", "sft.instruction_dialogs=24", "sft.batch_size=8", "train.micro_batch=4",
+            "train.max_steps=6", "sft.seq_len=128", "sft.val_n=8", "sft.eval_n=20", "sft.eval_gatt=2", "sft.gatt_turns=3"],
     "rm": ["rm.prompts=24", "rm.val_prompts=16", "rm.samples=1", "rm.batch_pairs=16", "rm.epochs=1",
            "rm.max_len=96", "train.micro_batch=8"],
-    "rs": ["rs.prompts_per_iteration=16", "rs.k=2", "rs.max_new_tokens=8", "rs.eval_n=8", "rs.batch_size=8"],
+    "rs": ["rs.prompts_per_iteration=16", "rs.k=2", "rs.max_new_tokens=8", "rs.eval_n=8", "rs.batch_size=8",
+           "train.micro_batch=4"],
     "ppo": ["ppo.iterations=2", "ppo.rollout_batch=16", "ppo.minibatch=8", "ppo.max_new_tokens=8",
-            "ppo.eval_every=1", "ppo.eval_n=8", "train.micro_batch=8"],
-    "gatt": ["sft.dialogs=120", "sft.instruction_dialogs=16", "sft.gatt=16", "sft.batch_size=8", "train.max_steps=4",
+            "ppo.eval_every=1", "ppo.eval_n=8", "train.micro_batch=4"],
+    "gatt": ["sft.dialogs=120", "sft.instruction_dialogs=16", "sft.gatt=16", "sft.batch_size=8", "train.micro_batch=4",
+             "train.max_steps=4",
              "sft.seq_len=128", "sft.val_n=8", "sft.eval_n=20", "sft.eval_gatt=2", "sft.gatt_turns=3"],
     "report_n": 20,
 }
@@ -118,14 +126,18 @@ def vocab_size(smoke: bool) -> int:
     return SMOKE["vocab_size"] if smoke else VOCAB_SIZE
 
 
-def stage_classes() -> dict:
+def stages() -> dict:
     from camelid.train.pretrain import PRETRAIN
     from camelid.rlhf.ppo import PPO
     from camelid.rlhf.rs import RS
     from camelid.train.reward import RM
     from camelid.train.sft import SFT
 
-    return {"pretrain": PRETRAIN.config, "sft": SFT.config, "rm": RM.config, "rs": RS.config, "ppo": PPO.config}
+    return {"pretrain": PRETRAIN, "sft": SFT, "rm": RM, "rs": RS, "ppo": PPO}
+
+
+def stage_classes() -> dict:
+    return {name: stage.config for name, stage in stages().items()}
 
 
 def route_overrides(overrides: list[str]) -> dict[str, list[str]]:
@@ -188,12 +200,20 @@ def print_commands(out: Path, smoke: bool, overrides: list[str]) -> None:
 
 def quickstart(out: str | Path = "runs/quickstart", smoke: bool = False, overrides: list[str] | None = None) -> dict:
     """Run PIPELINE into `out`, each step in its own folder; a finished step is skipped when run again."""
-    from camelid.train.stage import refuse_unsupported_launch
+    from camelid.parallel.launch import pipeline_session
 
-    refuse_unsupported_launch("quickstart", distributed=False)
     out = Path(out)
     routed = route_overrides(overrides or [])
     out.mkdir(parents=True, exist_ok=True)
+    with pipeline_session() as rank:
+        if rank == 0:
+            return run_pipeline(out, smoke, routed)
+        for step in PIPELINE:  # the other ranks take their part in each stage and wait for the rest
+            follow_step(step, out, smoke, routed)
+        return {}
+
+
+def run_pipeline(out: Path, smoke: bool, routed: dict) -> dict:
     timings = StageTimes(out / "timings.json")
     spent: dict[str, float] = {}
     report: dict = {"out": str(out), "smoke": smoke}
@@ -213,7 +233,29 @@ def quickstart(out: str | Path = "runs/quickstart", smoke: bool = False, overrid
     return report
 
 
+def follow_step(step: Step, out: Path, smoke: bool, routed: dict) -> None:
+    """A step on a rank other than 0 under torchrun: its share of a stage; at a step of rank 0's alone, a wait."""
+    from camelid.parallel.collectives import barrier
+    from camelid.train.stage import run_stage
+
+    if not step.stage:
+        barrier()  # rank 0 makes the tokenizer, the data shards or the report card
+        return
+    run_stage(stages()[step.stage], step_config(step, out, smoke, routed), out / step.name, resume=True, quiet=True)
+
+
 def run_step(step: Step, out: Path, smoke: bool, routed: dict, timings: dict) -> dict:
+    if not step.stage:  # under torchrun the other ranks wait for it (follow_step)
+        from camelid.parallel.collectives import rank0_only
+
+        with rank0_only():
+            return own_step(step, out, smoke, timings)
+    cfg = step_config(step, out, smoke, routed)
+    return REPORTS[step.stage](step, cfg, out / step.name)
+
+
+def own_step(step: Step, out: Path, smoke: bool, timings: dict) -> dict:
+    """The steps that are no stage: tokenizer, data and report card."""
     if step.name == "tokenizer":
         vocab = vocab_size(smoke)
         tok = stage_tokenizer(out / "tokenizer", vocab, max_lines=20_000 if smoke else None)
@@ -225,10 +267,7 @@ def run_step(step: Step, out: Path, smoke: bool, routed: dict, timings: dict) ->
         for name, src in manifest["sources"].items():
             print(f"  {name:<20} {src['tokens']:>10,} tokens  weight {src['weight']:.2f}")
         return {"sources": {k: v["tokens"] for k, v in manifest["sources"].items()}}
-    if step.name == "report_card":
-        return stage_report_card(out, smoke, timings)
-    cfg = step_config(step, out, smoke, routed)
-    return REPORTS[step.stage](step, cfg, out / step.name)
+    return stage_report_card(out, smoke, timings)
 
 
 def pretrain_step(step: Step, cfg, run: Path) -> dict:

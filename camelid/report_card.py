@@ -18,7 +18,7 @@ FIELDS = ["accuracy", "refusal_rate", "reward", "kl", "gatt_adherence", "seconds
 def measure_policy(model, tokenizer, scorer=None, sft_model=None, n: int = 180, seed: int = 0,
                    gatt_dialogs: int = 24) -> dict:
     """Held-out measurements of one policy (reward and KL need the scorer and the SFT model)."""
-    from camelid.rlhf.ppo import heldout_reward
+    from camelid.rlhf.rollout import heldout_reward
     from camelid.rlhf.rewards import load_prompts
     from camelid.tasks import evaluate
 

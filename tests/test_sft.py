@@ -82,21 +82,23 @@ def test_sft_bad_data_is_refused(smoke_run, tmp_path):
 
 
 def test_stages_that_cannot_run_distributed_refuse_under_torchrun(tmp_path, monkeypatch):
-    """No silent wrong run: under torchrun (WORLD_SIZE > 1) a one-process stage refuses before touching files."""
+    """No silent wrong run: under torchrun (WORLD_SIZE > 1) a one-process stage refuses before touching files,
+    and so does an option a distributed stage cannot honour (PPO's value head has no tensor-parallel plan)."""
+    from dataclasses import replace
+
     from camelid.config import ConfigError
-    from camelid.quickstart import quickstart
+    from camelid.quickstart import stages
     from camelid.rlhf.ppo import PPO
-    from camelid.rlhf.rs import RS
-    from camelid.train.reward import RM
-    from camelid.train.sft import SFT
     from camelid.train.stage import run_stage
 
-    assert SFT.distributed and RM.distributed  # tests/test_distributed_stages.py runs them under torchrun
+    # every stage runs under torchrun (tests/test_distributed_stages.py), the quickstart with them
+    assert all(stage.distributed for stage in stages().values())
     monkeypatch.setenv("WORLD_SIZE", "2")
-    for stage in (RS, PPO):
-        with pytest.raises(ConfigError, match=f"camelid {stage.name} runs in one process for now"):
-            run_stage(stage, stage.config(), tmp_path / stage.name)
-        assert not (tmp_path / stage.name).exists()
-    with pytest.raises(ConfigError, match="camelid quickstart runs in one process"):
-        quickstart(tmp_path / "qs", smoke=True)
-    assert not (tmp_path / "qs").exists()
+    one_process = replace(PPO, distributed=False)
+    with pytest.raises(ConfigError, match="camelid ppo runs in one process for now"):
+        run_stage(one_process, PPO.config(), tmp_path / "ppo")
+    assert not (tmp_path / "ppo").exists()
+    cfg = PPO.config()
+    cfg.model.init_from, cfg.ppo.reward_helpful, cfg.train.tp = "policy", "rm", 2
+    with pytest.raises(ConfigError, match="train.tp: PPO shards its policy and value model with FSDP only"):
+        run_stage(PPO, cfg, tmp_path / "ppo-tp")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
 
 def apply_fsdp(model, dp_mesh, param_dtype: torch.dtype | None = torch.bfloat16,
@@ -24,6 +24,8 @@ def apply_fsdp(model, dp_mesh, param_dtype: torch.dtype | None = torch.bfloat16,
         # The last block is needed again at the start of backward: keeping it gathered saves an all-gather.
         fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward and i < len(blocks) - 1)
     fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    for name in getattr(model, "fsdp_forward_methods", ()):  # methods a caller runs instead of forward
+        register_fsdp_forward_method(model, name)
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)

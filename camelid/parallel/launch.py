@@ -17,3 +17,18 @@ def maybe_distributed(cfg):
 
     with distributed_session(cfg) as parallelize:
         yield parallelize
+
+
+@contextlib.contextmanager
+def pipeline_session():
+    """A pipeline of stages (the quickstart): under torchrun, one process group held across all of them (each
+    stage builds its own mesh in it); yields this process's rank (0 in a plain process)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield 0
+        return
+    import torch.distributed as dist
+
+    from camelid.parallel.distributed import process_group
+
+    with process_group():
+        yield dist.get_rank()

@@ -8,6 +8,12 @@ together as one module on the shared loop, which supplies accumulation, the loss
 response tokens of the whole minibatch, clipping, NaN skipping, checkpoints and resume. The reference
 policy and both reward models are frozen and kept out of autograd. Early stopping watches the
 combined reward on held-out prompts; the best policy is the result.
+
+Under torchrun the policy and the value model are sharded with FSDP and train on the global minibatch;
+the frozen reference and the reward models are replicated. Each rollout phase gathers the policy's full
+weights, every rank samples its share of the prompts (each prompt seeded by its global index, so the
+samples do not depend on the number of ranks), and the rewards, whitening, KL and advantages are taken
+over the gathered global batch (camelid/rlhf/rollout.py).
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ import torch
 from torch import nn
 
 from camelid.config import CheckpointConfig, ConfigError, LogConfig, StageConfig, TrainConfig, load_config
-from camelid.data.padding import pad_right
+from camelid.parallel.collectives import barrier
 from camelid.reward_model import RewardModel, whiten
 from camelid.rlhf.ppo_math import entropy, gae, kl_per_token, masked_whiten, penalized_rewards, policy_loss, \
     token_logprobs, value_loss
 from camelid.rlhf.rewards import Prompt, RewardScorer, load_prompts
+from camelid.rlhf.rollout import answer_batch, batch_positions, encode_prompts, heldout_shares, rows_of_share, \
+    sample_seeds, sample_shares, score_shares, sequence_logprobs
 from camelid.train.loop import Trainer
 from camelid.train.metrics import MetricsLog
 from camelid.train.stage import RunContext, Stage, run_stage
@@ -76,6 +84,9 @@ class PPOConfig(StageConfig):
         if p.minibatch % self.train.micro_batch:
             raise ConfigError(f"ppo.minibatch: {p.minibatch} is not a multiple of train.micro_batch "
                               f"{self.train.micro_batch}")
+        if self.train.tp > 1:
+            raise ConfigError("train.tp: PPO shards its policy and value model with FSDP only (keep train.tp=1); "
+                              "the value model's scalar head has no tensor-parallel plan")
 
 
 def load_ppo_config(path=None, overrides=None) -> PPOConfig:
@@ -92,17 +103,19 @@ class ValueModel(RewardModel):
     give the returns' scale (whitened: mean 0, spread 1) on the first rollouts."""
 
     kind = "value"
+    fsdp_forward_methods = ("token_scores",)  # called instead of forward: FSDP must gather the weights for it
 
     def __init__(self, args):
         super().__init__(args)
-        self.value_bias = nn.Parameter(torch.zeros((), device=self.reward_head.weight.device))
+        # shape [1], not a scalar: FSDP shards parameters along their first dimension
+        self.value_bias = nn.Parameter(torch.zeros(1, device=self.reward_head.weight.device))
 
     @classmethod
     def from_reward_model(cls, rm: RewardModel) -> "ValueModel":
         with torch.device("meta"):
             vm = cls(rm.args)
         sd = {k: v.detach().clone() for k, v in rm.state_dict().items()}
-        sd["value_bias"] = torch.zeros((), device=rm.reward_head.weight.device)
+        sd["value_bias"] = torch.zeros(1, device=rm.reward_head.weight.device)
         vm.load_state_dict(sd, assign=True)
         return vm
 
@@ -111,10 +124,11 @@ class ValueModel(RewardModel):
 
     @torch.no_grad()
     def rescale(self, values: torch.Tensor) -> None:
-        """Make `values` (this model's outputs) come out with mean 0 and standard deviation 1."""
-        mean, std = values.mean(), values.std().clamp(min=1e-3)
+        """Make `values` (this model's outputs) come out with mean 0 and standard deviation 1. In place, by
+        Python numbers, so it works the same on FSDP-sharded weights."""
+        mean, std = values.mean().item(), values.std().clamp(min=1e-3).item()
         self.reward_head.weight.div_(std)
-        self.value_bias.copy_((self.value_bias - mean) / std)
+        self.value_bias.sub_(mean).div_(std)
 
 
 class ActorCritic(nn.Module):
@@ -124,9 +138,11 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.policy, self.value = policy, value
 
-
-def batch_positions(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.long().cumsum(1) - 1).clamp(min=0)
+    def set_requires_gradient_sync(self, sync: bool) -> None:
+        """FSDP2's switch, passed to both sharded models: reduce-scatter gradients once per optimizer step."""
+        for m in (self.policy, self.value):
+            if hasattr(m, "set_requires_gradient_sync"):
+                m.set_requires_gradient_sync(sync)
 
 
 class Rollouts:
@@ -170,48 +186,31 @@ class PPOObjective:
 
 
 @torch.no_grad()
-def sequence_logprobs(model, inp, target, mask, chunk: int = 16, temperature: float = 1.0) -> torch.Tensor:
-    out = []
-    for i in range(0, inp.shape[0], chunk):
-        sl = slice(i, i + chunk)
-        logits = model(inp[sl], positions=batch_positions(mask[sl]), mask=mask[sl])
-        out.append(token_logprobs(logits / temperature, target[sl]))
-    return torch.cat(out)
-
-
-def answer_batch(prompts: list[list[int]], answers: list[list[int]]):
-    """prompt + answer rows, right-padded: (tokens, mask of real tokens, mask of answer tokens)."""
-    tokens, mask = pad_right([p + a for p, a in zip(prompts, answers)])
-    resp = torch.zeros_like(mask)
-    for r, (p, a) in enumerate(zip(prompts, answers)):
-        resp[r, len(p):len(p) + len(a)] = True
-    return tokens, mask, resp
-
-
-@torch.no_grad()
-def make_rollouts(policy, ref, value, scorer: RewardScorer, tokenizer, prompts: list[Prompt], p: PPOSection,
-                  beta: float, seed: int, device, autocast=None) -> tuple[dict, dict]:
-    """Sample, score and assemble one iteration's experience (everything PPO's update needs)."""
-    from camelid.chat_format import encode_dialog
-    from camelid.infer import generate
-
+def make_rollouts(ctx: RunContext, policy, ref, value, scorer: RewardScorer, tokenizer, prompts: list[Prompt],
+                  p: PPOSection, beta: float, seeds: list[int], device, autocast=None) -> tuple[dict, dict]:
+    """Sample, score and assemble one iteration's experience (everything PPO's update needs), over the global
+    batch: each rank samples, scores and runs the models on its share of the prompts; the pieces are gathered
+    before the statistics (whitening, KL, advantages) are taken."""
     was_training = policy.training
     policy.eval()
-    max_prompt = policy.args.max_seq_len - p.max_new_tokens
-    prompt_ids = [encode_dialog(tokenizer, pr.messages)[-max_prompt:] for pr in prompts]
-    outs = generate(policy, prompt_ids, max_new_tokens=p.max_new_tokens, temperature=p.temperature, top_p=1.0,
-                    seed=seed, stop_ids=[tokenizer.eos_id])
+    prompt_ids = encode_prompts(tokenizer, prompts, policy.args.max_seq_len - p.max_new_tokens)
+    t0 = time.perf_counter()
+    outs = sample_shares(ctx, policy, prompt_ids, p.max_new_tokens, p.temperature, tokenizer.eos_id, seeds)
+    rollout_s = time.perf_counter() - t0  # the gather of the full weights included: it is the price of a rollout
     responses = [o + [tokenizer.eos_id] if len(o) < p.max_new_tokens else o for o in outs]  # learn to stop
     texts = [tokenizer.decode([t for t in o if t != tokenizer.eos_id]) for o in outs]
     tokens, mask, resp = answer_batch(prompt_ids, responses)
     inp, target, imask, rmask = tokens[:, :-1], tokens[:, 1:], mask[:, :-1], resp[:, 1:]
     inp, target, imask, rmask = (x.to(device) for x in (inp, target, imask, rmask))
-    # the same precision as the training step, so the first ratio is exactly 1 and the KL starts at 0
+    n = len(prompts)
+    # the same precision and weights as the training step, so the first ratio is exactly 1 and the KL starts at 0
     with (autocast() if autocast is not None else contextlib.nullcontext()):
-        logp_old = sequence_logprobs(policy, inp, target, imask, temperature=p.temperature)
-        logp_ref = sequence_logprobs(ref, inp, target, imask, temperature=p.temperature)
-        values_old = torch.cat([value.token_scores(inp[i:i + 16], imask[i:i + 16]) for i in range(0, len(inp), 16)])
-    scores = scorer.score(prompts, texts)
+        logp_old = rows_of_share(lambda r: sequence_logprobs(policy, inp[r], target[r], imask[r],
+                                                             temperature=p.temperature), n)
+        logp_ref = rows_of_share(lambda r: sequence_logprobs(ref, inp[r], target[r], imask[r],
+                                                             temperature=p.temperature), n)
+        values_old = rows_of_share(lambda r: sequence_values(value, inp[r], imask[r]), n)
+    scores = score_shares(scorer, prompts, texts)
     combined = scores["combined"].to(device)
     truncated = torch.tensor([len(o) >= p.max_new_tokens for o in outs], device=device)
     score = whiten(combined) - p.missing_eos_penalty * truncated.float()  # an unfinished answer is not a good one
@@ -223,7 +222,8 @@ def make_rollouts(policy, ref, value, scorer: RewardScorer, tokenizer, prompts: 
              "values_old": values_old, "adv": adv, "returns": returns}
     stats = {"reward": combined.mean().item(), "reward_helpful": scores["helpful"].mean().item(),
              "kl": kl.mean().item(), "response_length": rmask.float().sum(1).mean().item(),
-             "truncated": truncated.float().mean().item()}
+             "truncated": truncated.float().mean().item(),
+             "rollout_tokens_per_s": sum(map(len, outs)) / max(rollout_s, 1e-9)}  # all ranks together
     if scores["safety"] is not None:
         stats["reward_safety"] = scores["safety"].mean().item()
     policy.train(was_training)
@@ -231,30 +231,8 @@ def make_rollouts(policy, ref, value, scorer: RewardScorer, tokenizer, prompts: 
 
 
 @torch.no_grad()
-def heldout_reward(policy, ref, scorer: RewardScorer, tokenizer, prompts: list[Prompt], max_new_tokens: int,
-                   device) -> dict:
-    """Mean combined reward of greedy answers on held-out prompts, and their KL to the reference."""
-    from camelid.chat_format import encode_dialog
-    from camelid.infer import generate
-
-    was = policy.training
-    policy.eval()
-    ids = [encode_dialog(tokenizer, pr.messages)[-(policy.args.max_seq_len - max_new_tokens):] for pr in prompts]
-    outs = generate(policy, ids, max_new_tokens=max_new_tokens, temperature=0.0, stop_ids=[tokenizer.eos_id])
-    texts = [tokenizer.decode(o) for o in outs]
-    scores = scorer.score(prompts, texts)
-    kl = sequence_kl(policy, ref, ids, outs, tokenizer.eos_id, device)
-    policy.train(was)
-    return {"reward": scores["combined"].mean().item(), "kl": kl}
-
-
-@torch.no_grad()
-def sequence_kl(policy, ref, prompt_ids, outs, eos_id, device) -> float:
-    """Mean over sequences of sum_t log pi(y_t) - log pi_ref(y_t) on the given answers."""
-    tokens, mask, resp = answer_batch(prompt_ids, [o + [eos_id] for o in outs])
-    inp, tgt, m, rm = (x.to(device) for x in (tokens[:, :-1], tokens[:, 1:], mask[:, :-1], resp[:, 1:]))
-    diff = sequence_logprobs(policy, inp, tgt, m) - sequence_logprobs(ref, inp, tgt, m)
-    return ((diff * rm).sum(1)).mean().item()
+def sequence_values(value, inp, mask, chunk: int = 16) -> torch.Tensor:
+    return torch.cat([value.token_scores(inp[i:i + chunk], mask[i:i + chunk]) for i in range(0, len(inp), chunk)])
 
 
 def frozen(model, dtype=None):
@@ -289,6 +267,12 @@ def ppo_body(cfg: PPOConfig, ctx: RunContext, scorer=None) -> dict:
     else:
         value = ValueModel.from_reward_model(RewardModel.from_lm(policy))
     value.train().requires_grad_(True)
+    # Under torchrun the two trained models are sharded (FSDP); the frozen reference and reward models stay
+    # whole on every rank (they only score this rank's share of each batch).
+    policy, value = ctx.parallelize(policy), ctx.parallelize(value)
+    per_step = t.micro_batch * ctx.dist.dp_world
+    if p.minibatch % per_step:
+        raise ConfigError(f"ppo.minibatch: {p.minibatch} is not a multiple of train.micro_batch x ranks = {per_step}")
     beta = p.beta if p.beta >= 0 else default_beta(policy.args.num_params())
     # prompts drawn with their own seed offset, apart from the ones the reward models were trained on
     train_prompts = load_prompts(p.prompts, "train", n=max(p.rollout_batch * 8, 512), seed=p.seed + 17)
@@ -303,11 +287,11 @@ def ppo_body(cfg: PPOConfig, ctx: RunContext, scorer=None) -> dict:
     optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
                                   **({"fused": True} if device.type == "cuda" else {"foreach": True}))
     steps_per_iter = p.rollout_batch // p.minibatch
-    accum = p.minibatch // t.micro_batch
+    accum = p.minibatch // per_step
     data = Rollouts()
     trainer = Trainer(model=model, objective=PPOObjective(p.clip, p.value_clip, p.vf_coef, p.temperature),
                       data=data, cfg=cfg, run_dir=run_dir, total_steps=p.iterations * steps_per_iter,
-                      accum=accum, stage="ppo", model_args=policy.args, optimizer=optimizer,
+                      accum=accum, dist_info=ctx.dist, stage="ppo", model_args=policy.args, optimizer=optimizer,
                       extra_state={"model_args": policy.args.to_dict(), "tokenizer": str(tok.model_path)},
                       progress_keys=("reward", "kl", "clip_fraction"))
     state = {"best_reward": -math.inf, "best_iteration": -1, "bad_evals": 0, "stopped_early": False}
@@ -325,20 +309,29 @@ def ppo_body(cfg: PPOConfig, ctx: RunContext, scorer=None) -> dict:
     def rollouts(it: int):
         g = torch.Generator().manual_seed(p.seed * 100_003 + it)
         pick = torch.randperm(len(train_prompts), generator=g)[:p.rollout_batch].tolist()
-        return make_rollouts(policy, ref, value, scorer, tok, [train_prompts[i] for i in pick], p, beta,
-                             seed=p.seed * 7 + it, device=device, autocast=trainer.autocast)
+        return make_rollouts(ctx, policy, ref, value, scorer, tok, [train_prompts[i] for i in pick], p, beta,
+                             seeds=sample_seeds(p.seed, it, len(pick)), device=device, autocast=trainer.autocast)
+
+    def heldout(model) -> dict:
+        return heldout_shares(ctx, model, ref, scorer, tok, eval_prompts, p.max_new_tokens, device)
+
+    def save_best() -> None:
+        best = ctx.gathered(policy)  # a collective; rank 0 writes
+        if ctx.is_main:
+            save_model(best, best_dir, tokenizer_path=tok.model_path)
 
     def evaluate(iteration: int) -> None:
-        ev = heldout_reward(policy, ref, scorer, tok, eval_prompts, p.max_new_tokens, device)
+        # every rank computes the same numbers (gathered in one order), so all ranks stop at the same iteration
+        ev = heldout(policy)
         log.write({"step": trainer.step, "split": "val", "iteration": iteration, **ev})
         if ev["reward"] > state["best_reward"] + p.min_delta:
             state.update(best_reward=ev["reward"], best_iteration=iteration, bad_evals=0)
-            save_model(policy, best_dir, tokenizer_path=tok.model_path)
+            save_best()
             return
         state["bad_evals"] += 1
         if p.patience and state["bad_evals"] >= p.patience:
             state["stopped_early"] = trainer.stop_requested = True
-            print(f"\nearly stop at iteration {iteration}: held-out reward has not improved for {p.patience} "
+            ctx.say(f"\nearly stop at iteration {iteration}: held-out reward has not improved for {p.patience} "
                   f"evaluations (best {state['best_reward']:.3f} at iteration {state['best_iteration']})")
 
     iteration: dict = {}  # the current iteration's rollout statistics and minibatch rows
@@ -368,23 +361,25 @@ def ppo_body(cfg: PPOConfig, ctx: RunContext, scorer=None) -> dict:
         batch, _ = rollouts(0)  # put the critic on the returns' scale before it is trained
         value.rescale(batch["values_old"][batch["rmask"]])
         if p.eval_every:
-            ev = heldout_reward(policy, ref, scorer, tok, eval_prompts, p.max_new_tokens, device)
+            ev = heldout(policy)
             log.write({"step": 0, "split": "val", "iteration": 0, **ev})
             state.update(best_reward=ev["reward"], best_iteration=0)
-            save_model(policy, best_dir, tokenizer_path=tok.model_path)
+            save_best()
     trainer.fit(log=log, before_step=before_step, on_step=after_step, log_every=steps_per_iter)
     if trainer.stop_requested:  # fit() saves at its last step; an early stop ends before it
         trainer.save()
-    # with held-out evaluations, the result is the best policy they saw; without, the last one
+    # with held-out evaluations, the result is the best policy they saw (whole, on every rank); without, the last
+    barrier()  # rank 0 has written best_dir
     final = load_model(best_dir, device=device, dtype=torch.float32) if p.eval_every else policy
-    end = heldout_reward(final, ref, scorer, tok, eval_prompts, p.max_new_tokens, device)
+    end = heldout(final)
+    final = final if p.eval_every else ctx.gathered(policy)
     summary = {"iterations": trainer.step // steps_per_iter, "seconds": time.perf_counter() - t_start, "beta": beta,
                "best_iteration": state["best_iteration"], "stopped_early": state["stopped_early"],
                "heldout_reward": end["reward"], "heldout_kl": end["kl"]}
     return ctx.finish(final, tok.model_path, summary)
 
 
-PPO = Stage("ppo", PPOConfig, ppo_body, needs="which policy to train? pass --policy CKPT")
+PPO = Stage("ppo", PPOConfig, ppo_body, needs="which policy to train? pass --policy CKPT", distributed=True)
 
 
 def ppo(cfg: PPOConfig, run_dir: str | Path, resume: bool = False, scorer=None) -> dict:

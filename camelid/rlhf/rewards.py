@@ -58,22 +58,28 @@ class RewardScorer:
         return [encode_dialog_with_mask(self.tok, p.messages + [{"role": "assistant", "content": a}])[0][-self.max_len:]
                 for p, a in zip(prompts, answers)]
 
+    def longest(self, prompts: list[Prompt], answers: list[str]) -> int:
+        """The longest sequence of a batch as the reward models read it (see `score`'s pad_to)."""
+        return max((len(s) for s in self._encode(prompts, answers)), default=0)
+
     @torch.no_grad()
-    def _score(self, model: RewardModel, seqs: list[list[int]]) -> torch.Tensor:
+    def _score(self, model: RewardModel, seqs: list[list[int]], pad_to: int = 0) -> torch.Tensor:
         device = next(model.parameters()).device
         out = []
         for i in range(0, len(seqs), self.batch_size):
-            tokens, mask = pad_right(seqs[i:i + self.batch_size])
+            tokens, mask = pad_right(seqs[i:i + self.batch_size], length=pad_to)
             out.append(model.calibrated_logit(model(tokens.to(device), mask=mask.to(device))).float().cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
-    def score(self, prompts: list[Prompt], answers: list[str]) -> dict[str, torch.Tensor]:
-        """{"helpful", "safety", "combined"}: calibrated logits per answer (combined: Llama-2 eq. 4)."""
+    def score(self, prompts: list[Prompt], answers: list[str], pad_to: int = 0) -> dict[str, torch.Tensor]:
+        """{"helpful", "safety", "combined"}: calibrated logits per answer (combined: Llama-2 eq. 4). pad_to: pad
+        every batch to at least this length (a score's last bits depend on the padded length; torchrun ranks
+        that score shares of one batch pad to its longest sequence, so each score is the one-process score)."""
         seqs = self._encode(prompts, answers)
-        helpful = self._score(self.helpful, seqs)
+        helpful = self._score(self.helpful, seqs, pad_to)
         if self.safety is None:
             return {"helpful": helpful, "safety": None, "combined": helpful}
-        safety = self._score(self.safety, seqs)
+        safety = self._score(self.safety, seqs, pad_to)
         is_safety = torch.tensor([p.is_safety for p in prompts])
         return {"helpful": helpful, "safety": safety, "combined": combined_reward(helpful, safety, is_safety)}
 

@@ -6,6 +6,10 @@ iterations so far (a prompt keeps its best answer ever seen), and fine-tunes the
 the SFT objective (the `camelid sft` stage itself, on a JSONL of the pool). Each iteration lives in
 RUN_DIR/iter_N/ (pool.jsonl, the SFT run, model/), so an interrupted run resumes at the first
 unfinished iteration.
+
+Under torchrun each rank samples and scores its share of the K x prompts samples (each sample seeded by
+its global index, so the samples do not depend on the number of ranks; camelid/rlhf/rollout.py), every
+rank holds the gathered pool, rank 0 writes it, and the fine-tuning is the SFT stage sharded with FSDP.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import torch
 
 from camelid.config import CheckpointConfig, ConfigError, LogConfig, ModelConfig, StageConfig, TrainConfig, load_config
 from camelid.fsutil import atomic_write_json, atomic_write_text
+from camelid.parallel.collectives import barrier
 from camelid.rlhf.rewards import Prompt, RewardScorer, load_prompts
+from camelid.rlhf.rollout import encode_prompts, heldout_shares, sample_seeds, sample_shares, score_shares
 from camelid.train.sft import SFTConfig, SFTSection, sft, sft_train_defaults
 from camelid.train.stage import RunContext, Stage, run_stage
 
@@ -83,21 +89,16 @@ def update_pool(pool: dict, prompts: list[Prompt], answers: list[list[str]], sco
     return improved
 
 
-def sample_k(policy, tokenizer, prompts: list[Prompt], k: int, temperature: float, max_new_tokens: int,
-             seed: int, with_truncation: bool = False):
-    """k answers per prompt ([N][k] strings); with_truncation: also [N][k] flags of answers cut off."""
-    from camelid.chat_format import encode_dialog
-    from camelid.infer import generate
-
-    ids = [encode_dialog(tokenizer, p.messages)[-(policy.args.max_seq_len - max_new_tokens):] for p in prompts]
-    outs = generate(policy.eval(), [i for i in ids for _ in range(k)], max_new_tokens=max_new_tokens,
-                    temperature=temperature, top_p=1.0, seed=seed, stop_ids=[tokenizer.eos_id])
+def sample_k(ctx: RunContext, policy, tokenizer, prompts: list[Prompt], k: int, temperature: float,
+             max_new_tokens: int, seeds: list[int]):
+    """k answers per prompt ([N][k] strings) and [N][k] flags of answers cut off at max_new_tokens; sample j of
+    prompt i draws with seeds[i * k + j]. Each rank samples its share; every rank gets them all."""
+    ids = encode_prompts(tokenizer, prompts, policy.args.max_seq_len - max_new_tokens)
+    outs = sample_shares(ctx, policy, [i for i in ids for _ in range(k)], max_new_tokens, temperature,
+                         tokenizer.eos_id, seeds)
     texts = [tokenizer.decode(o).strip() for o in outs]
-    answers = [texts[i * k:(i + 1) * k] for i in range(len(prompts))]
-    if not with_truncation:
-        return answers
     cut = [len(o) >= max_new_tokens for o in outs]
-    return answers, [cut[i * k:(i + 1) * k] for i in range(len(prompts))]
+    return [texts[i * k:(i + 1) * k] for i in range(len(prompts))], [cut[i * k:(i + 1) * k] for i in range(len(prompts))]
 
 
 def load_scorer(helpful_path: str, safety_path: str, tokenizer, device) -> RewardScorer:
@@ -118,12 +119,6 @@ def load_scorer(helpful_path: str, safety_path: str, tokenizer, device) -> Rewar
     return RewardScorer(models[0], models[1], tokenizer)
 
 
-@torch.no_grad()
-def heldout(policy, scorer: RewardScorer, tokenizer, prompts: list[Prompt], max_new_tokens: int) -> float:
-    answers = sample_k(policy, tokenizer, prompts, 1, 0.0, max_new_tokens, seed=0)
-    return scorer.score(prompts, [a[0] for a in answers])["combined"].mean().item()
-
-
 def rs_body(cfg: RSConfig, ctx: RunContext, scorer=None) -> dict:
     from camelid.checkpoint import load_model
     from camelid.train.metrics import MetricsLog
@@ -136,32 +131,36 @@ def rs_body(cfg: RSConfig, ctx: RunContext, scorer=None) -> dict:
     finished = 0
     while (run_dir / f"iter_{finished + 1}" / "iteration.json").exists():
         finished += 1
-    log = MetricsLog(run_dir, resume_step=finished, enabled=True)  # rows of unfinished iterations are redone
+    log = MetricsLog(run_dir, resume_step=finished, enabled=ctx.is_main)  # rows of unfinished iterations are redone
     pool: dict = {}
     history = []
     t0 = time.perf_counter()
-    start = heldout(policy, scorer, tok, eval_prompts, r.max_new_tokens)
+
+    def heldout(model) -> float:
+        return heldout_shares(ctx, model, None, scorer, tok, eval_prompts, r.max_new_tokens, device)["reward"]
+
+    start = heldout(policy)
     for it in range(1, r.iterations + 1):
         it_dir = run_dir / f"iter_{it}"
         if it <= finished:
             pool = {json.dumps(row["messages"], sort_keys=True): row
                     for row in map(json.loads, (it_dir / "pool.jsonl").read_text().splitlines())}
-            policy_path = it_dir / "sft" / "model"
-            policy = load_model(policy_path, device=device, dtype=torch.float32)
+            if pool:  # an empty pool fine-tuned nothing: the policy stayed as it was
+                policy_path = it_dir / "sft" / "model"
+                policy = load_model(policy_path, device=device, dtype=torch.float32)
             history.append(json.loads((it_dir / "iteration.json").read_text()))
             continue
         prompts = load_prompts(r.prompts, "train", n=r.prompts_per_iteration, seed=r.seed * 1000 + it)
         ts = time.perf_counter()
-        answers, cut = sample_k(policy, tok, prompts, r.k, r.temperature, r.max_new_tokens, seed=r.seed * 1000 + it,
-                                with_truncation=True)
-        flat = scorer.score([p for p in prompts for _ in range(r.k)], [a for cands in answers for a in cands])
+        answers, cut = sample_k(ctx, policy, tok, prompts, r.k, r.temperature, r.max_new_tokens,
+                                seeds=sample_seeds(r.seed, it, len(prompts) * r.k))
+        flat = score_shares(scorer, [p for p in prompts for _ in range(r.k)], [a for cands in answers for a in cands])
         raw = flat["combined"].view(len(prompts), r.k)
         scores = raw.masked_fill(torch.tensor(cut), float("-inf"))
-        improved = update_pool(pool, prompts, answers, scores, it)
-        it_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(it_dir / "pool.jsonl", "".join(json.dumps(v) + "\n" for v in pool.values()))
-        atomic_write_text(it_dir / "sft.jsonl", "".join(json.dumps({"messages": v["messages"] + [
-            {"role": "assistant", "content": v["answer"]}]}) + "\n" for v in pool.values()))
+        improved = update_pool(pool, prompts, answers, scores, it)  # the same pool on every rank
+        if ctx.is_main:
+            write_pool(it_dir, pool)
+        barrier()  # every rank's SFT reads sft.jsonl
         sampling_s = time.perf_counter() - ts
         # Fine-tune the newest policy on the pool with the SFT stage itself.
         if pool:
@@ -169,25 +168,34 @@ def rs_body(cfg: RSConfig, ctx: RunContext, scorer=None) -> dict:
             policy_path = it_dir / "sft" / "model"
             policy = load_model(policy_path, device=device, dtype=torch.float32)
         else:
-            print(f"rs iteration {it}: every sample was cut off at {r.max_new_tokens} tokens; nothing to fine-tune on "
-                  f"(raise rs.max_new_tokens); the policy is unchanged")
+            ctx.say(f"rs iteration {it}: every sample was cut off at {r.max_new_tokens} tokens; nothing to fine-tune "
+                    f"on (raise rs.max_new_tokens); the policy is unchanged")
         finite = scores.max(1).values.isfinite()
         row = {"iteration": it, "sample_mean": raw.mean().item(), "truncated": float(torch.tensor(cut).float().mean()),
                "best_mean": scores.max(1).values[finite].mean().item() if finite.any() else float("nan"),
                "pool_size": len(pool),
                "pool_mean": sum(v["score"] for v in pool.values()) / len(pool) if pool else float("nan"),
-               "improved": improved, "heldout_reward": heldout(policy, scorer, tok, eval_prompts, r.max_new_tokens),
+               "improved": improved, "heldout_reward": heldout(policy),
                "sampling_seconds": sampling_s}
         log.write({"step": it, **row})
-        atomic_write_json(it_dir / "iteration.json", row)  # written last: marks the iteration finished
+        if ctx.is_main:
+            atomic_write_json(it_dir / "iteration.json", row)  # written last: marks the iteration finished
         history.append(row)
-        print(f"rs iteration {it}: best-of-{r.k} reward {row['best_mean']:.3f} (samples {row['sample_mean']:.3f}), "
-              f"pool {len(pool)}, held-out reward {row['heldout_reward']:.3f}")
+        ctx.say(f"rs iteration {it}: best-of-{r.k} reward {row['best_mean']:.3f} (samples {row['sample_mean']:.3f}), "
+                f"pool {len(pool)}, held-out reward {row['heldout_reward']:.3f}")
     log.close()
     summary = {"iterations": len(history), "heldout_reward_before": start,
                "heldout_reward_after": history[-1]["heldout_reward"] if history else start,
                "history": history, "seconds": time.perf_counter() - t0}
     return ctx.finish(policy, tok.model_path, summary)
+
+
+def write_pool(it_dir: Path, pool: dict) -> None:
+    """The pool (best answer of every prompt so far) and the same as SFT dialogs, in the iteration's folder."""
+    it_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(it_dir / "pool.jsonl", "".join(json.dumps(v) + "\n" for v in pool.values()))
+    atomic_write_text(it_dir / "sft.jsonl", "".join(json.dumps({"messages": v["messages"] + [
+        {"role": "assistant", "content": v["answer"]}]}) + "\n" for v in pool.values()))
 
 
 def pool_sft_config(cfg: RSConfig, policy_path: Path, pool_file: Path, iteration: int) -> SFTConfig:
@@ -200,7 +208,7 @@ def pool_sft_config(cfg: RSConfig, policy_path: Path, pool_file: Path, iteration
                                     seed=r.seed + iteration))
 
 
-RS = Stage("rs", RSConfig, rs_body, needs="which policy to improve? pass --policy CKPT")
+RS = Stage("rs", RSConfig, rs_body, needs="which policy to improve? pass --policy CKPT", distributed=True)
 
 
 def rejection_sampling(cfg: RSConfig, run_dir: str | Path, scorer=None) -> dict:

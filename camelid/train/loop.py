@@ -202,7 +202,16 @@ class Trainer:
             for k, v in metrics.items():
                 extra[k] = extra.get(k, 0.0) + float(v) / len(batches)
         loss_value = self._all_reduce(loss_sum.reshape(1)).item() / n_targets
-        return loss_value, n_targets, extra
+        return loss_value, n_targets, self._mean_over_ranks(extra)
+
+    def _mean_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
+        """A stage's per-micro-batch metrics (each rank's mean over its micro-batches) as the mean over every
+        micro-batch of the global step: each rank holds the same number of them."""
+        if self.dist_info.dp_world <= 1 or not metrics:
+            return metrics
+        keys = sorted(metrics)
+        total = self._all_reduce(torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.device))
+        return {k: v / self.dist_info.dp_world for k, v in zip(keys, total.tolist())}
 
     def train_step(self) -> dict:
         """One optimizer step over the global batch. Returns the logged metrics."""

@@ -71,29 +71,36 @@ class RunContext:
     def rank0_first(self, make):
         """`make()` on rank 0, then on the others once it is done: rank 0 writes a cache file (sampled
         preference pairs, say) that the other ranks then read instead of making it again."""
-        if not torch.distributed.is_initialized():
-            return make()
-        out = make() if self.is_main else None
-        torch.distributed.barrier()
-        return out if self.is_main else make()
+        from camelid.parallel.collectives import rank0_first
+
+        return rank0_first(make)
 
     def gathered(self, model):
         """The whole model, unsharded, on rank 0 (None on the other ranks, which help gather it): what the
         end of a stage evaluates and saves. In one process, the model itself."""
         if not torch.distributed.is_initialized():
             return model
-        from camelid.checkpoint import model_class, plain_names
-        from camelid.parallel.distributed import full_state_dict
+        from camelid.checkpoint import plain_names
+        from camelid.parallel.distributed import full_state_dict, plain_model
 
         weights = plain_names(full_state_dict(model))  # a collective: every rank takes part
-        if not self.is_main:
-            return None
-        with torch.device("meta"):
-            plain = model_class(getattr(model, "kind", "lm"))(model.args)
-        plain.load_state_dict(weights, strict=True, assign=True)
-        if hasattr(model, "calibration"):
-            plain.calibration = dict(model.calibration)
-        return plain
+        return plain_model(model, weights) if self.is_main else None
+
+    @contextlib.contextmanager
+    def full_copy(self, model):
+        """The whole model, unsharded, on every rank for the length of the block (a rollout phase: each rank
+        generates its share of prompts from it), freed afterwards. In one process, the model itself."""
+        from camelid.parallel.distributed import full_copy, is_sharded
+
+        if not is_sharded(model):  # one process, or a model every rank holds whole already
+            yield model
+            return
+
+        copy = full_copy(model).eval()
+        try:
+            yield copy
+        finally:
+            del copy
 
     def say(self, *args, **kw) -> None:
         if self.is_main and not self.quiet:
@@ -137,7 +144,7 @@ def refuse_unsupported_launch(name: str, distributed: bool) -> None:
     if launched_ranks() > 1 and not distributed:
         raise ConfigError(f"camelid {name} runs in one process for now: under torchrun each of the "
                           f"{launched_ranks()} ranks would train its own copy into the same run folder. "
-                          f"Run it without torchrun (camelid pretrain is the stage that runs distributed)")
+                          f"Run it without torchrun")
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
@@ -189,9 +196,10 @@ def run_stage(stage: Stage, cfg, run_dir: str | Path, resume: bool = False, quie
 
 @contextlib.contextmanager
 def parallel_session(stage: Stage, cfg, parallelize=None):
-    """The `parallelize` a distributed stage wraps its model with: the caller's, else a torchrun session
-    opened for this stage (process group, mesh), else None in one process."""
-    if parallelize is not None or not stage.distributed or torch.distributed.is_initialized():
+    """The `parallelize` a distributed stage wraps its model with: the caller's, else one made from this stage's
+    train section under torchrun (in the process group a pipeline or an outer stage holds, or one opened for this
+    stage), else None in one process."""
+    if parallelize is not None or not stage.distributed:
         yield parallelize
         return
     from camelid.parallel.launch import maybe_distributed
