@@ -1,21 +1,28 @@
-"""Decoding speed: camelid's engine against transformers' `generate` on the same weights, in one run.
+"""Decoding speed: camelid's engine against llama.cpp and transformers on the same weights, in one run.
 
     python bench/decode.py                 # reference config and the ~250M one, fp32 and bf16, batch 1 and 16
     python bench/decode.py --quick         # reference config only, fewer tokens
-    python bench/decode.py --configs ref --dtypes fp32 --batches 1 --new-tokens 64
-    python bench/decode.py --quick --no-hf --legacy aceefde   # today's engine against the one at aceefde
+    python bench/decode.py --configs ref quickstart --batches 1 --no-hf     # against llama.cpp
+    python bench/decode.py --quick --no-hf --no-llama-cpp --legacy aceefde  # against the engine at aceefde
 
-Decode tokens/s excludes the prefill: it is timed from the first new token to the last (a callback on
-camelid's side, a streamer on transformers' side), best of `--repeats`. Both sides decode greedily with
-no early stop. Batch-1 decoding has to read every weight matrix once per token, so
-bytes/token x tokens/s / (measured memory read bandwidth) says how close to the machine's limit a
-run gets. Prints a Markdown table (and `--json FILE` writes the numbers).
+Every engine decodes greedily with no early stop; tokens/s excludes the prefill (timed from the first new
+token to the last: a callback on camelid's side, a streamer on transformers' side, the token generator of
+llama-cpp-python). camelid and its peers take turns within every repeat, in reverse order every other
+repeat, so a change in the machine's load falls on all alike; "camelid / engine" is the median of the
+per-repeat ratios, tokens/s the best repeat. transformers is slow at batch 1 and is timed on its own.
+
+llama.cpp (batch 1; when `llama-cpp-python` is installed: `pip install 'camelid[bench]'`) gets the same
+weights the way a user would make them: camelid's Hugging Face export, then llama.cpp's own
+`convert_hf_to_gguf.py` (bench/llamacpp.py), at the precisions of equal size: f32 against fp32, f16 and
+bf16 against bf16.
+
+A batch-1 step has to read every weight matrix once, so bytes/token x tokens/s against the read bandwidth
+measured at the model's own size (summing a tensor of that many bytes) says how close an engine gets to
+the machine's limit. Prints a Markdown table, one row per engine (and `--json FILE` writes the numbers).
 
 `--legacy REV` also times camelid/infer/engine.py as it was at git revision REV (read with `git show`,
-imported as a module of its own), in the same process and interleaved with today's engine repeat by
-repeat, so that a change to the engine is judged against the same machine load; "vs REV" is the median
-of the per-repeat ratios. aceefde is the last engine with its own forward pass (before the engine ran
-model.py's modules).
+imported as a module of its own). aceefde is the last engine with its own forward pass (before the
+engine ran model.py's modules).
 """
 
 from __future__ import annotations
@@ -24,11 +31,14 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import types
+from pathlib import Path
 
 import torch
 
@@ -40,6 +50,8 @@ from camelid.model import ModelArgs, Transformer  # noqa: E402
 
 CONFIGS = {
     "ref": dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=4, ffn_hidden_dim=1408, vocab_size=8192, max_seq_len=1024),
+    # the quickstart's model: preset "tiny" with the quickstart tokenizer's 4,096 pieces
+    "quickstart": dict(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, ffn_hidden_dim=704, vocab_size=4096, max_seq_len=256),
     "250m": dict(dim=1024, n_layers=16, n_heads=16, n_kv_heads=8, ffn_hidden_dim=2816, vocab_size=32000,
                  max_seq_len=1024),
 }
@@ -47,7 +59,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
-    """Memory read bandwidth in GB/s: summing a tensor far larger than the caches, all threads."""
+    """Read bandwidth in GB/s: summing an fp32 tensor of `gib` GiB, all threads. At a model's own size
+    this is the limit a batch-1 decode step that reads every weight once can reach (on a host whose
+    last-level cache holds the model, that cache's bandwidth, not DRAM's)."""
     x = torch.ones(int(gib * 2**30) // 4)
     x.sum()
     best = float("inf")
@@ -96,14 +110,69 @@ def decode_rate(run, batch, new, repeats) -> float:
     return max(r["run"] for r in decode_rates({"run": run}, batch, new, repeats))
 
 
-def bench_one(name, dtype_name, batch, args, bw):
+def same_fraction(a: list[list[int]], b: list[list[int]], n: int) -> float:
+    """Share of the first n greedy tokens of each row on which two engines agree."""
+    return sum(x == y for r, t in zip(a, b) for x, y in zip(r[:n], t[:n])) / (n * len(a))
+
+
+def hf_contestant(model, prompts, dtype):
+    """transformers' `generate` on the same weights, ticking once per new token through a streamer."""
+    from transformers.generation.streamers import BaseStreamer
+
+    hf = hf_model(model.float()).to(dtype)
+    model.to(dtype)
+    x = torch.tensor(prompts)
+
+    class Tick(BaseStreamer):
+        def __init__(self, tick):
+            self.tick, self.first = tick, True
+
+        def put(self, value):
+            if self.first:  # the prompt
+                self.first = False
+            else:
+                self.tick()
+
+        def end(self):
+            pass
+
+    def run(n, tick=None):
+        with torch.inference_mode():
+            out = hf.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
+                              streamer=Tick(tick) if tick else None)
+        return out[:, len(prompts[0]):].tolist()
+    return run
+
+
+def llama_cpp_contestants(model, prompts, dtype_name, args) -> dict:
+    """llama.cpp on the same weights (batch 1: its Python binding decodes one sequence), at each GGUF
+    precision that matches dtype_name (fp32: f32; bf16: f16 and bf16)."""
+    import llamacpp
+    workdir = Path(args.workdir) / args.config_key
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for gguf_type in llamacpp.MATCHING[dtype_name]:
+        llm = llamacpp.load(llamacpp.to_gguf(model, gguf_type, workdir), torch.get_num_threads(),
+                            args.prompt_len + args.new_tokens + 8)
+        out[f"llama.cpp {gguf_type}"] = (lambda llm: lambda n, tick=None: [llamacpp.greedy(llm, prompts[0], n, tick)])(llm)
+    return out
+
+
+def bench_one(name, dtype_name, batch, args) -> list[dict]:
+    """One row per engine: tokens/s, camelid's ratio to it (median of per-repeat ratios, the engines taking
+    turns), the share of equal greedy tokens, and at batch 1 its bytes-per-token bandwidth."""
     dtype = DTYPES[dtype_name]
     torch.manual_seed(0)
     margs = ModelArgs(**CONFIGS[name])
-    model = Transformer(margs).eval().to(dtype)
+    model = Transformer(margs).eval()
+    args.config_key = name
     g = torch.Generator().manual_seed(1)
     prompts = [[1] + torch.randint(3, margs.vocab_size, (args.prompt_len - 1,), generator=g).tolist()
                for _ in range(batch)]
+    peers = {}
+    if batch == 1 and args.llama_cpp:
+        peers.update(llama_cpp_contestants(model, prompts, dtype_name, args))  # exported from the fp32 weights
+    model.to(dtype)
 
     def with_engine(gen):
         def run(n, tick=None):
@@ -114,57 +183,32 @@ def bench_one(name, dtype_name, batch, args, bw):
         return run
 
     ours = with_engine(generate)
-    row = dict(config=name, dtype=dtype_name, batch=batch)
     if args.legacy:
-        legacy = with_engine(engine_at(args.legacy).generate)
-        rates = decode_rates({"camelid": ours, "legacy": legacy}, batch, args.new_tokens, args.repeats)
-        row["camelid"], row["legacy"] = (max(r[k] for r in rates) for k in ("camelid", "legacy"))
-        # on a shared machine the ratio within a repeat (run back to back) is steadier than best vs best
-        row["vs_legacy"] = statistics.median(r["camelid"] / r["legacy"] for r in rates)
-        row["vs_legacy_best"] = row["camelid"] / row["legacy"]
-        row["repeats"] = rates
-        a, b = ours(16), legacy(16)
-        row["same_as_legacy"] = sum(x == y for r, s in zip(a, b) for x, y in zip(r, s)) / (16 * batch)
-    else:
-        row["camelid"] = decode_rate(ours, batch, args.new_tokens, args.repeats)
+        peers[f"camelid@{args.legacy}"] = with_engine(engine_at(args.legacy).generate)
+    rates = decode_rates({"camelid": ours, **peers}, batch, args.new_tokens, args.repeats)
+    reference = ours(16)
     if not args.no_hf:
-        from transformers.generation.streamers import BaseStreamer
-        hf = hf_model(model.float()).to(dtype)
-        model.to(dtype)
-        x = torch.tensor(prompts)
-
-        class Tick(BaseStreamer):
-            def __init__(self, tick):
-                self.tick, self.first = tick, True
-
-            def put(self, value):
-                if self.first:  # the prompt
-                    self.first = False
-                else:
-                    self.tick()
-
-            def end(self):
-                pass
-
-        def theirs(n, tick=None):
-            with torch.inference_mode():
-                return hf.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
-                                   streamer=Tick(tick) if tick else None)
-
-        # transformers is slow at batch 1; fewer tokens keep the run short without changing its rate
-        row["hf"] = decode_rate(theirs, batch, max(8, args.new_tokens // 2), args.repeats)
-        row["speedup"] = row["camelid"] / row["hf"]
-        # same weights, same greedy tokens (a random model's near-ties may flip late tokens in bf16)
-        a, b = ours(16), theirs(16)[:, args.prompt_len:].tolist()
-        row["same_tokens"] = sum(x == y for r, s in zip(a, b) for x, y in zip(r, s)) / (16 * batch)
-        del hf
-    wbytes = weight_bytes_per_token(margs, dtype)
-    kv = kv_bytes_per_token(margs, dtype) * (args.prompt_len + args.new_tokens / 2)
-    row["mb_per_token"] = (wbytes + kv) / 1e6
-    if batch == 1:
-        row["gb_s"] = row["mb_per_token"] * row["camelid"] / 1e3
-        row["of_bandwidth"] = row["gb_s"] / bw
-    return row
+        # transformers is slow at batch 1: timed on its own, with fewer tokens (its rate does not change)
+        hf = hf_contestant(model, prompts, dtype)
+        hf_rate = decode_rate(hf, batch, max(8, args.new_tokens // 2), args.repeats)
+        for r in rates:
+            r["transformers"] = hf_rate
+        peers["transformers"] = hf
+    mb = (weight_bytes_per_token(margs, dtype) + kv_bytes_per_token(margs, dtype) *
+          (args.prompt_len + args.new_tokens / 2)) / 1e6
+    bw = read_bandwidth(weight_bytes_per_token(margs, dtype) / 2**30) if batch == 1 else None
+    rows = []
+    for engine in ["camelid", *peers]:
+        best = max(r[engine] for r in rates)
+        row = dict(config=name, dtype=dtype_name, batch=batch, engine=engine, tok_s=best, mb_per_token=mb,
+                   camelid_over=statistics.median(r["camelid"] / r[engine] for r in rates),
+                   # same weights, same greedy tokens (a random model's near-ties may flip late ones in bf16)
+                   same_tokens=1.0 if engine == "camelid" else same_fraction(reference, peers[engine](16), 16),
+                   repeats=[r[engine] for r in rates])
+        if bw:
+            row.update(gb_s=mb * best / 1e3, read_bw_gb_s=bw, of_read_bw=mb * best / 1e3 / bw)
+        rows.append(row)
+    return rows
 
 
 def main(argv=None):
@@ -176,7 +220,9 @@ def main(argv=None):
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--no-hf", action="store_true", help="camelid only")
+    p.add_argument("--no-hf", action="store_true", help="leave transformers out")
+    p.add_argument("--no-llama-cpp", dest="llama_cpp", action="store_false",
+                   help="leave llama.cpp out (it runs at batch 1 when llama-cpp-python is installed)")
     p.add_argument("--legacy", default=None, metavar="REV",
                    help="also time the engine of git revision REV, interleaved with today's (e.g. aceefde)")
     p.add_argument("--quick", action="store_true", help="reference config, 32 new tokens")
@@ -186,33 +232,44 @@ def main(argv=None):
         args.configs, args.new_tokens = ["ref"], min(args.new_tokens, 32)
     if args.threads:
         torch.set_num_threads(args.threads)
-    bw = read_bandwidth()
+    args.workdir = tempfile.mkdtemp(prefix="camelid-bench-")  # the GGUF exports of this run's models
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import llamacpp
+    if args.llama_cpp and not llamacpp.available():
+        print("# llama.cpp left out: pip install 'camelid[bench]' to add it")
+        args.llama_cpp = False
     import transformers
-    print(f"# decode benchmark: torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"read bandwidth {bw:.1f} GB/s, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens")
-    legacy = f" {args.legacy} tok/s | vs {args.legacy} | same tokens as {args.legacy} |" if args.legacy else ""
-    print(f"| config | dtype | batch | camelid tok/s |{legacy} transformers tok/s | speedup | same tokens | MB/token | "
-          "GB/s | of read bw |")
-    print("|---|---|---|---|" + "---|---|---|" * bool(args.legacy) + "---|---|---|---|---|---|")
+    peers = f", llama-cpp-python {llamacpp.version()}" if args.llama_cpp else ""
+    print(f"# decode benchmark: torch {torch.__version__}, transformers {transformers.__version__}{peers}, "
+          f"{torch.get_num_threads()} threads, {cpu_name()}, prompt {args.prompt_len} tokens, "
+          f"{args.new_tokens} new tokens, best of {args.repeats} (camelid / engine: median of the per-repeat ratios)")
+    print("| config | dtype | batch | engine | tok/s | camelid / engine | same greedy tokens | MB/token | GB/s | "
+          "read bw at this size | of read bw |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
+    nan = float("nan")
     for name in args.configs:
         for dt in args.dtypes:
             for b in args.batches:
-                r = bench_one(name, dt, b, args, bw)
-                rows.append(r)
-                vs = (f" {r['legacy']:.0f} | {r['vs_legacy']:.2f}x | {r['same_as_legacy']:.0%} |"
-                      if args.legacy else "")
-                print(f"| {name} | {dt} | {b} | {r['camelid']:.0f} |{vs} {r.get('hf', float('nan')):.0f} | "
-                      f"{r.get('speedup', float('nan')):.1f}x | {r.get('same_tokens', float('nan')):.0%} | "
-                      f"{r['mb_per_token']:.0f} | {r.get('gb_s', float('nan')):.1f} | "
-                      f"{r.get('of_bandwidth', float('nan')):.0%} |", flush=True)
+                for r in bench_one(name, dt, b, args):
+                    rows.append(r)
+                    print(f"| {name} | {dt} | {b} | {r['engine']} | {r['tok_s']:.0f} | {r['camelid_over']:.2f}x | "
+                          f"{r['same_tokens']:.0%} | {r['mb_per_token']:.0f} | {r.get('gb_s', nan):.1f} | "
+                          f"{r.get('read_bw_gb_s', nan):.1f} | {r.get('of_read_bw', nan):.0%} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(read_bandwidth_gb_s=bw, threads=torch.get_num_threads(), legacy=args.legacy,
-                           cpu=platform.processor() or platform.machine(), torch=torch.__version__,
+            json.dump(dict(threads=torch.get_num_threads(), legacy=args.legacy, cpu=cpu_name(), torch=torch.__version__,
                            new_tokens=args.new_tokens, prompt_len=args.prompt_len, repeats=args.repeats, rows=rows),
                       f, indent=1)
+    shutil.rmtree(args.workdir, ignore_errors=True)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

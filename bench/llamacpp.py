@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 CACHE = Path(os.environ.get("CAMELID_BENCH_CACHE", Path.home() / ".cache" / "camelid" / "bench"))
-GGUF_TYPES = {"fp32": "f32", "bf16": "bf16", "f16": "f16"}
+MATCHING = {"fp32": ("f32",), "bf16": ("f16", "bf16")}  # camelid dtype -> GGUF precisions of equal size
 
 
 def available() -> bool:
@@ -76,20 +76,20 @@ def tokenizer_for_bench(vocab_size: int) -> Path:
     return out / "tokenizer.model"
 
 
-def to_gguf(model, dtype_name: str, workdir: Path) -> Path:
-    """model (fp32 weights) -> a GGUF file of the given precision, through the HF export."""
+def to_gguf(model, gguf_type: str, workdir: Path) -> Path:
+    """model (fp32 weights) -> a GGUF file of the given precision (f32, f16, bf16), through the HF export."""
     from camelid.checkpoint import save_model
 
     hf_dir = workdir / "hf"
     if not hf_dir.exists():
         save_model(model, hf_dir, format="hf", tokenizer_path=tokenizer_for_bench(model.args.vocab_size))
-    out = workdir / f"model-{GGUF_TYPES[dtype_name]}.gguf"
+    out = workdir / f"model-{gguf_type}.gguf"
     if not out.exists():
         script = converter()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(script.parent / "gguf-py"),
                                                              os.environ.get("PYTHONPATH", "")])}
         subprocess.run([sys.executable, str(script), str(hf_dir), "--outfile", str(out),
-                        "--outtype", GGUF_TYPES[dtype_name]], check=True, env=env,
+                        "--outtype", gguf_type], check=True, env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return out
 

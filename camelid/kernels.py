@@ -41,7 +41,7 @@ def pack_weight(w: torch.Tensor) -> torch.Tensor:
     # The batch-size hint 1 picks oneDNN's layout for few rows: in bf16 the reference config's matrices
     # ran 8-14% faster at batch 1 and 16 alone, 1-2% in a whole decode step (5% slower for a long
     # prefill); in fp32 it only slows batch 16 down. (Intel Xeon host, 1 thread.)
-    return _mkldnn._reorder_linear_weight(w, None)
+    return _mkldnn._reorder_linear_weight(w, 1 if w.dtype == torch.bfloat16 else None)
 
 
 @functools.cache
