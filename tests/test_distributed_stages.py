@@ -13,13 +13,9 @@ import pytest
 from tests.conftest import ENV
 
 REL = 1e-5  # the largest relative difference allowed between a 2-rank and a 1-process figure
-# Below these magnitudes a figure is compared to the scale of what it is made of instead of to itself.
-# PPO's policy loss is a mean of +-advantage x ratio terms of order 1 (whitened advantages) that nearly
-# cancel (|mean| ~ 1e-3): its fp32 rounding is ~1e-7 of the terms but ~1e-4 of the mean. The KL is a sum
-# over ~16 tokens of log pi - log pi_ref, each log-probability ~6 nats (entropy 5.8): one process and two
-# ranks hold weights ~1e-7 apart (the gradient norm for clipping is summed over shards in another order),
-# which moves each log-probability by ~1e-7 nats, i.e. 1.5e-5 of a KL of 0.03 nats; it is compared to 1 nat.
-SCALE = {"policy_loss": 1.0, "kl": 1.0}
+# (PPO's KL, a sum of ~6-nat log-probability differences, and its nearly cancelling policy loss are the
+# figures most sensitive to the weights: they hold only because both runs clip the gradients by the same
+# factor, see train/optim.py clip_gradients)
 TINY = 1e-6  # a figure that is 0 (the KL of identical policies) is compared absolutely
 
 STAGES = {
@@ -78,7 +74,7 @@ def figures(rows, keys, split=None) -> dict:
 
 def rel_diffs(got: dict, want: dict) -> dict:
     assert sorted(got) == sorted(want) and want
-    return {k: abs(got[k] - want[k]) / max(abs(want[k]), SCALE.get(k[1], TINY)) for k in want}
+    return {k: abs(got[k] - want[k]) / max(abs(want[k]), TINY) for k in want}
 
 
 def assert_same(got: dict, want: dict) -> float:
@@ -129,9 +125,7 @@ def test_two_ranks_match_one_process_and_resume_on_one(smoke_run, tmp_path, stag
 
 
 # The report card's figures that count something (accuracies, refusal and adherence rates, per task) must be
-# the same; its rewards and KLs are means over 20 greedy answers scored by toy reward models whose
-# calibration multiplies score differences by ~70, and the stages train in bf16 autocast, where a weight
-# that fp32 rounding moves across a bf16 step changes by 1/256: they agree to within 1% (measured: 0.9%).
+# the same, and its measured ones (rewards, KL) agree to REL: measured at 0 difference (2026-12-05, CPU).
 COUNTED = ("accuracy", "refusal_rate", "gatt_adherence", "over_refusal_rate", "tasks", "rm_accuracy")
 MEASURED = ("reward", "kl")
 
@@ -145,9 +139,13 @@ def test_quickstart_smoke_on_two_ranks_gives_the_one_process_report_card(smoke_r
     assert r.stdout.count("== 9. report card") == 1 and r.stdout.count("== done in") == 1  # rank 0 alone speaks
     got, want = (json.loads((d / "report_card.json").read_text())["stages"] for d in (out, smoke_run[0]))
     assert [s["name"] for s in got] == [s["name"] for s in want]
+    worst = 0.0
     for g, w in zip(got, want):
         assert {k: g.get(k) for k in COUNTED} == {k: w.get(k) for k in COUNTED}, g["name"]
         for k in MEASURED:
             assert (g[k] is None) == (w[k] is None)
             if w[k] is not None:
-                assert abs(g[k] - w[k]) <= 0.01 * abs(w[k]) + 1e-3, (g["name"], k, g[k], w[k])
+                worst = max(worst, abs(g[k] - w[k]) / max(abs(w[k]), TINY))
+                assert abs(g[k] - w[k]) <= REL * max(abs(w[k]), TINY), (g["name"], k, g[k], w[k])
+    print(f"quickstart --smoke report card, 2 ranks vs 1 process: counted figures equal; rewards and KL within "
+          f"{worst:.2e} (relative)")

@@ -256,3 +256,23 @@ def test_keep_freed_memory_holds_a_freed_activation():
     held = {mode: int(subprocess.run([sys.executable, "-c", MALLINFO_PROBE, mode], capture_output=True, text=True,
                                      check=True).stdout) for mode in ("default", "keep")}
     assert held["keep"] >= 24 << 20 > held["default"]
+
+
+def test_clip_gradients_is_torchs_clip_with_an_fp64_norm():
+    """The gradient norm is summed in fp64 (a sharded and a whole gradient then clip alike); the scaling is
+    torch's: max_norm / (norm + 1e-6) when that is below 1, nothing otherwise."""
+    from camelid.train.optim import clip_gradients
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))
+    a.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([4.0])
+    norm = clip_gradients([a, b], 1.0)
+    assert norm.dtype == torch.float32 and norm.item() == 5.0
+    torch.testing.assert_close(a.grad, torch.tensor([3.0, 0.0]) / (5 + 1e-6), rtol=0, atol=0)
+    torch.testing.assert_close(b.grad, torch.tensor([4.0]) / (5 + 1e-6), rtol=0, atol=0)
+    assert clip_gradients([a, b], 10.0).item() == pytest.approx(1.0, rel=1e-6) and a.grad[0].item() == pytest.approx(0.6)
+    g = torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 1e-3
+    p, q = torch.nn.Parameter(torch.zeros(1000)), torch.nn.Parameter(torch.zeros(1000))
+    p.grad, q.grad = g.clone(), g.clone()
+    want = torch.nn.utils.clip_grad_norm_([q], 0.01)
+    got = clip_gradients([p], 0.01)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=0)

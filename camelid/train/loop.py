@@ -30,7 +30,7 @@ from camelid.parallel.dist_info import DistInfo
 from camelid.train import checkpointing as ckpt
 from camelid.train.malloc import keep_freed_memory
 from camelid.train.metrics import MetricsLog, flops_per_token, peak_flops
-from camelid.train.optim import build_optimizer, lr_at
+from camelid.train.optim import build_optimizer, clip_gradients, lr_at
 from camelid.train.profiling import StepProfiler
 
 class Dataset(Protocol):
@@ -217,8 +217,7 @@ class Trainer:
         """One optimizer step over the global batch. Returns the logged metrics."""
         loss_value, n_targets, extra = self.forward_backward()
         t = self.cfg.train
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        grad_norm = clip_gradients(self.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
         lr = lr_at(self.step, lr=t.lr, warmup_steps=t.warmup_steps, total_steps=self.total_steps,
                    min_lr_ratio=t.min_lr_ratio, schedule=t.schedule)
         finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))

@@ -44,3 +44,24 @@ def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, min_lr_r
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     min_lr = lr * min_lr_ratio
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def clip_gradients(parameters, max_norm: float = math.inf) -> torch.Tensor:
+    """Scale the gradients so that their global L2 norm is at most max_norm; returns the norm before (fp32).
+
+    Each gradient's norm is taken in fp64 (a cast inside the reduction, no copy) and so is their sum, so a
+    gradient sharded over ranks (FSDP: each rank's shard norm, then an all-reduce) and the same gradient
+    whole in one process give the same norm to fp32 precision, and a torchrun run clips by the factor a
+    single process would. torch's clip_grad_norm_ sums fp32 norms in an order that depends on the sharding:
+    the clip factors then differ in the last bit and the two runs' weights drift ~1e-7 apart.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = [torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads]
+    norms = [n.full_tensor() if hasattr(n, "full_tensor") else n for n in norms]  # a DTensor's: all-reduced
+    total = float(torch.linalg.vector_norm(torch.stack([n.cpu() for n in norms])))
+    coef = max_norm / (total + 1e-6)  # torch's factor
+    if coef < 1.0:
+        torch._foreach_mul_(grads, coef)
+    return torch.tensor(total, dtype=torch.float32)
