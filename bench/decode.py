@@ -4,6 +4,7 @@
     python bench/decode.py --quick         # reference config only, fewer tokens
     python bench/decode.py --configs ref quickstart --batches 1 --no-hf     # against llama.cpp
     python bench/decode.py --quick --no-hf --no-llama-cpp --legacy aceefde  # against the engine at aceefde
+    python bench/decode.py --configs ref quickstart --batches 1 --no-hf --compile  # the compiled decode step
 
 Every engine decodes greedily with no early stop; tokens/s excludes the prefill (timed from the first new
 token to the last: a callback on camelid's side, a streamer on transformers' side, the token generator of
@@ -28,6 +29,7 @@ engine ran model.py's modules).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -182,7 +184,9 @@ def bench_one(name, dtype_name, batch, args) -> list[dict]:
             return gen(model, prompts, n, stop_ids=None, callback=cb if tick else None)
         return run
 
-    ours = with_engine(generate)
+    ours = with_engine(functools.partial(generate, compile=args.compile))
+    if args.compile:  # the compiled step is camelid here; the eager engine becomes a peer
+        peers["camelid eager"] = with_engine(generate)
     if args.legacy:
         peers[f"camelid@{args.legacy}"] = with_engine(engine_at(args.legacy).generate)
     rates = decode_rates({"camelid": ours, **peers}, batch, args.new_tokens, args.repeats)
@@ -225,6 +229,8 @@ def main(argv=None):
                    help="leave llama.cpp out (it runs at batch 1 when llama-cpp-python is installed)")
     p.add_argument("--legacy", default=None, metavar="REV",
                    help="also time the engine of git revision REV, interleaved with today's (e.g. aceefde)")
+    p.add_argument("--compile", action="store_true",
+                   help="camelid decodes with its compiled step (Engine(compile=True)); its eager engine is a peer")
     p.add_argument("--quick", action="store_true", help="reference config, 32 new tokens")
     p.add_argument("--json", default=None, help="write the rows here")
     args = p.parse_args(argv)

@@ -9,6 +9,8 @@ infer/packing.py builds a twin of the model with these in them. Each computes ex
   the weight pre-packed once in the layout `torch.compile`'s freezing pass would choose; `adds_residual`:
   the residual sum of wo and w2 runs inside the matmul (a oneDNN post-op).
 * `PackedSwiGLU`: silu(x @ W1.T) * (x @ W3.T), the SiLU and the product as post-ops of the two matmuls.
+* `FusedLinear`, `FusedSwiGLU`: the same fusions over plain weights, for a compiler (infer/compiled.py):
+  one matmul for wq|wk|wv and one for w1|w3, the rest left for it to fuse.
 
 A decode step is mostly per-kernel overhead (docs/PERFORMANCE.md), so each kernel saved counts. On hosts
 where MKL's one-row product beats the packed weight for fp32 (timed once, `plain_matvec_is_faster`), a
@@ -124,3 +126,24 @@ class PackedSwiGLU(nn.Module):
         x2 = x.reshape(-1, x.shape[-1])
         gate = _mkldnn._linear_pointwise(x2, self.packed1, None, "swish", [], "")
         return _mkldnn._linear_pointwise.binary(x2, gate, self.packed3, None, "mul").view(*x.shape[:-1], -1)
+
+
+class FusedLinear(nn.Linear):
+    """One `nn.Linear` for several stacked along the output (wq|wk|wv): plain weights, one matmul."""
+
+    def __init__(self, *linears: nn.Linear, dtype: torch.dtype):
+        w = _weights(linears, dtype)
+        super().__init__(w.shape[1], w.shape[0], bias=False, device="meta")
+        self.weight = nn.Parameter(w, requires_grad=False)
+
+
+class FusedSwiGLU(nn.Module):
+    """silu(x @ W1.T) * (x @ W3.T) as one matmul over [W1 | W3] and the elementwise rest."""
+
+    def __init__(self, w1: nn.Linear, w3: nn.Linear, dtype: torch.dtype):
+        super().__init__()
+        self.w13 = FusedLinear(w1, w3, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return F.silu(gate) * up

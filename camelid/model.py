@@ -142,14 +142,21 @@ def rotary_freqs(positions: torch.Tensor, head_dim: int, theta: float) -> torch.
     (the 1 broadcasts over the heads)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
     angles = positions.to(torch.float32)[:, :, None, None] * inv_freq
+    if torch.compiler.is_compiling():  # inductor has no complex kernels: (cos, sin) pairs [..., head_dim/2, 2]
+        return torch.stack([angles.cos(), angles.sin()], dim=-1)
     return torch.polar(torch.ones_like(angles), angles)
 
 
 def apply_rotary(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """Rotate consecutive pairs (x0, x1), (x2, x3), ... of x [B, T, H, D], read as complex numbers, as
-    Meta's reference does (one complex multiply: far cheaper in eager mode than the real-valued form)."""
-    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-    return torch.view_as_real(xc * freqs).flatten(3).type_as(x)
+    Meta's reference does (one complex multiply: far cheaper in eager mode than the real-valued form).
+    Compiled, the same rotation on (cos, sin) pairs, which the compiler fuses into one kernel."""
+    if freqs.is_complex():
+        xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+        return torch.view_as_real(xc * freqs).flatten(3).type_as(x)
+    x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = freqs.unbind(-1)
+    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(3).type_as(x)
 
 
 CPU_ATTENTION_MAX_LEN = 512
@@ -272,6 +279,11 @@ class KVCache:
             ck[self._write[0], :, self._write[1]] = k.transpose(1, 2)
             cv[self._write[0], :, self._write[1]] = v.transpose(1, 2)
         return ck.narrow(2, 0, self._end), cv.narrow(2, 0, self._end)
+
+    def attention_mask(self, T: int, start, key_mask=None, segment_ids=None, device=None) -> torch.Tensor | None:
+        """The mask of a forward call over this cache (a cache of another layout, e.g. a compiled decode
+        step's, builds its own)."""
+        return build_attention_mask(T, start, key_mask, segment_ids, device)
 
     def copy_row(self, src: int, dst: int) -> None:
         n = self.lengths[src]
@@ -424,7 +436,8 @@ class Transformer(nn.Module):
             offset = start.unsqueeze(1) if isinstance(start, torch.Tensor) else start
             positions = (offset + torch.arange(T, device=tokens.device)).expand(B, T)
         freqs = rotary_freqs(positions, self.args.head_dim, self.args.rope_theta)
-        attn_mask = build_attention_mask(T, start, mask, segment_ids, tokens.device)
+        attn_mask = (cache.attention_mask if cache is not None else build_attention_mask)(T, start, mask, segment_ids,
+                                                                                          tokens.device)
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
             h = layer(h, freqs, attn_mask, cache)

@@ -18,7 +18,7 @@ import weakref
 import torch
 from torch import nn
 
-from camelid.kernels import PackedLinear, PackedSwiGLU, can_pack
+from camelid.kernels import FusedLinear, FusedSwiGLU, PackedLinear, PackedSwiGLU, can_pack
 from camelid.model import Transformer
 
 
@@ -28,11 +28,16 @@ def signature(model: nn.Module) -> tuple:
 
 
 @torch.no_grad()
-def build_inference_model(model: Transformer, dtype: torch.dtype | None = None, pack: bool | None = None) -> Transformer:
-    """A twin of `model` for inference (see the module docstring). pack None: when the device allows it."""
+def build_inference_model(model: Transformer, dtype: torch.dtype | None = None, pack: bool | None = None,
+                          fuse: bool = False) -> Transformer:
+    """A twin of `model` for inference (see the module docstring). pack None: when the device allows it.
+    fuse (without packing): the same fused slots over plain weights, the twin a compiler wants (it packs
+    frozen weights itself: infer/compiled.py)."""
     p = next(model.parameters())
     dtype = dtype or p.dtype
-    pack = can_pack(p.device, dtype) if pack is None else pack
+    pack = (can_pack(p.device, dtype) and not fuse) if pack is None else pack
+    if pack and fuse:
+        raise ValueError("fuse is the unpacked layout: pass pack=False")
     if pack and not can_pack(p.device, dtype):
         raise ValueError(f"weight packing needs a CPU with oneDNN and fp32/bf16 weights, not {p.device}/{dtype}")
     with torch.device("meta"):
@@ -47,21 +52,27 @@ def build_inference_model(model: Transformer, dtype: torch.dtype | None = None, 
             f.w13, f.w2 = PackedSwiGLU(f.w1, f.w3, **kw), PackedLinear(f.w2, **kw)
             a.wq = a.wk = a.wv = f.w1 = f.w3 = None
         twin.output = PackedLinear(twin.output, **kw)
+    elif fuse:
+        for layer in twin.layers:
+            a, f = layer.attention, layer.feed_forward
+            a.wqkv, f.w13 = FusedLinear(a.wq, a.wk, a.wv, dtype=dtype), FusedSwiGLU(f.w1, f.w3, dtype=dtype)
+            a.wq = a.wk = a.wv = f.w1 = f.w3 = None
     twin.to(dtype).requires_grad_(False)  # what is left: embedding and norms (no copy when the dtype is the same)
-    twin.pack = pack
+    twin.pack, twin.fuse = pack, fuse
     return twin.eval()
 
 
 _twins: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def inference_model(model: Transformer, dtype: torch.dtype | None = None, pack: bool | None = None) -> Transformer:
+def inference_model(model: Transformer, dtype: torch.dtype | None = None, pack: bool | None = None,
+                    fuse: bool = False) -> Transformer:
     """The model's inference twin, built once and reused while the model's parameters stay unchanged."""
     per_model = _twins.setdefault(model, {})
     p = next(model.parameters())
-    key = (dtype or p.dtype, p.device, pack)  # dtype None follows the model, even after model.to(...)
+    key = (dtype or p.dtype, p.device, pack, fuse)  # dtype None follows the model, even after model.to(...)
     sig = signature(model)
     built = per_model.get(key)
     if built is None or built[0] != sig:
-        per_model[key] = built = (sig, build_inference_model(model, key[0], pack))
+        per_model[key] = built = (sig, build_inference_model(model, key[0], pack, fuse))
     return built[1]
