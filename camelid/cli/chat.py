@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 from camelid.chat_format import CHAT_TEMPERATURE, CHAT_TOP_P, ChatFormatError
-from camelid.cli.common import add_model_arguments, add_sampling_arguments, model_from_flags
+from camelid.cli.common import (add_compile_argument, add_model_arguments, add_sampling_arguments, model_from_flags,
+                                warm_up)
 from camelid.errors import CamelidError
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system prompt; empty clears it), /quit"
@@ -14,6 +15,7 @@ HELP = "commands: /reset (forget the conversation), /system TEXT (set the system
 def add_arguments(p) -> None:
     p.description = "Chat with a model in the terminal (Llama-2 chat format, answers stream). " + HELP
     add_model_arguments(p)
+    add_compile_argument(p)
     p.add_argument("--system", default=None, help="system prompt")
     add_sampling_arguments(p, temperature=CHAT_TEMPERATURE, top_p=CHAT_TOP_P, max_new_tokens=512)
 
@@ -25,7 +27,8 @@ def run(args) -> int:
     try:
         session = ChatSession(model, tok, system=args.system, max_new_tokens=args.max_new_tokens,
                               temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-                              max_seq_len=args.max_seq_len)
+                              max_seq_len=args.max_seq_len, compile=args.compile)
+        warm_up(session.engine)
     except ValueError as e:
         raise CamelidError(str(e)) from None
     print(f"camelid chat: {args.model} (context {session.engine.max_seq_len} tokens). {HELP}", file=sys.stderr)

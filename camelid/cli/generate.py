@@ -5,13 +5,14 @@ from __future__ import annotations
 import sys
 import time
 
-from camelid.cli.common import add_model_arguments, add_sampling_arguments, model_from_flags
+from camelid.cli.common import add_compile_argument, add_model_arguments, add_sampling_arguments, model_from_flags
 from camelid.errors import CamelidError
 
 
 def add_arguments(p) -> None:
     p.description = "Generate text from a prompt with a trained model, streaming it to the terminal."
     add_model_arguments(p)
+    add_compile_argument(p)
     p.add_argument("--prompt", required=True, help="the prompt text ('-' reads it from stdin)")
     p.add_argument("--chat", action="store_true",
                    help="wrap the prompt as one Llama-2 chat user turn ([INST] ... [/INST])")
@@ -41,7 +42,7 @@ def run(args) -> int:
         ids = encode_dialog(tok, msgs)
     else:
         ids = tok.encode(text, bos=True)
-    eng = Engine(model, max_batch=args.num_samples, max_seq_len=args.max_seq_len, seed=args.seed)
+    eng = Engine(model, max_batch=args.num_samples, max_seq_len=args.max_seq_len, seed=args.seed, compile=args.compile)
     room = eng.max_seq_len - len(ids)
     if room <= 0:
         raise CamelidError(f"the prompt has {len(ids)} tokens; the context is {eng.max_seq_len}")

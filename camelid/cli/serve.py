@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from camelid.cli.common import add_model_arguments, model_from_flags
+from camelid.cli.common import add_compile_argument, add_model_arguments, model_from_flags, warm_up
 from camelid.errors import CamelidError
 
 
@@ -12,6 +12,7 @@ def add_arguments(p) -> None:
     p.description = ("Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, "
                      "/v1/models, /health) with a web chat page at /. Concurrent requests decode together.")
     add_model_arguments(p)
+    add_compile_argument(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default; 0.0.0.0 "
                                                         "exposes the server to the network)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free one)")
@@ -33,7 +34,9 @@ def run(args) -> int:
     sock = listen_socket(args.host, args.port)
     try:
         model, tok = model_from_flags(args)
-        engine = Engine(model, max_batch=args.max_batch, max_seq_len=args.max_seq_len, seed=args.seed)
+        engine = Engine(model, max_batch=args.max_batch, max_seq_len=args.max_seq_len, seed=args.seed,
+                        compile=args.compile)
+        warm_up(engine)
         name = args.model_name or Path(args.model).resolve().name
         limits = Limits(max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes,
                         max_in_flight=args.max_in_flight)

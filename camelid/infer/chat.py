@@ -18,11 +18,11 @@ from camelid.infer.text import TextStream
 class ChatSession:
     def __init__(self, model_or_engine, tokenizer, system: str | None = None, max_new_tokens: int = 512,
                  temperature: float = CHAT_TEMPERATURE, top_p: float = CHAT_TOP_P, top_k: int = 0,
-                 seed: int | None = None, max_seq_len: int | None = None):
+                 seed: int | None = None, max_seq_len: int | None = None, compile: bool = False):
         if isinstance(model_or_engine, Engine):
             self.engine = model_or_engine
         else:
-            self.engine = Engine(model_or_engine, max_batch=1, max_seq_len=max_seq_len, seed=seed)
+            self.engine = Engine(model_or_engine, max_batch=1, max_seq_len=max_seq_len, seed=seed, compile=compile)
         self.tok = tokenizer
         self.system = system
         self.max_new_tokens = max_new_tokens
