@@ -60,16 +60,16 @@ CONFIGS = {
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
+def read_bandwidth(gib: float = 1.0, repeats: int = 5, device: str = "cpu") -> float:
     """Read bandwidth in GB/s: summing an fp32 tensor of `gib` GiB, all threads. At a model's own size
     this is the limit a batch-1 decode step that reads every weight once can reach (on a host whose
     last-level cache holds the model, that cache's bandwidth, not DRAM's)."""
-    x = torch.ones(int(gib * 2**30) // 4)
-    x.sum()
+    x = torch.ones(int(gib * 2**30) // 4, device=device)
+    x.sum().item()
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        x.sum()
+        x.sum().item()  # .item(): on a GPU, wait for the sum
         best = min(best, time.perf_counter() - t)
     return x.numel() * 4 / best / 1e9
 
@@ -95,7 +95,7 @@ def decode_rates(runs: dict, batch, new, repeats) -> list[dict]:
 
     runs: name -> run(n, tick), which generates n tokens and calls tick() once per decoding step."""
     for run in runs.values():
-        run(4, lambda: None)  # warm-up (weight packing, allocator)
+        run(new, lambda: None)  # warm-up at the timed length (weight packing, compiles: a static cache is sized by it)
     rates = []
     for i in range(repeats):
         rate = {}
@@ -117,13 +117,18 @@ def same_fraction(a: list[list[int]], b: list[list[int]], n: int) -> float:
     return sum(x == y for r, t in zip(a, b) for x, y in zip(r[:n], t[:n])) / (n * len(a))
 
 
-def hf_contestant(model, prompts, dtype):
-    """transformers' `generate` on the same weights, ticking once per new token through a streamer."""
+def hf_contestant(model, prompts, dtype, compiled: bool = False):
+    """transformers' `generate` on the same weights, ticking once per new token through a streamer; compiled:
+    with a static cache and its forward compiled (what transformers documents for fast generation; CUDA
+    graphs on a GPU), the peer for camelid's compiled step."""
     from transformers.generation.streamers import BaseStreamer
 
-    hf = hf_model(model.float()).to(dtype)
+    hf = hf_model(model.float()).to(model.tok_embeddings.weight.device, dtype)
     model.to(dtype)
-    x = torch.tensor(prompts)
+    if compiled:
+        hf.generation_config.cache_implementation = "static"
+        hf.forward = torch.compile(hf.forward, mode="reduce-overhead" if torch.cuda.is_available() else None)
+    x = torch.tensor(prompts, device=hf.device)
 
     class Tick(BaseStreamer):
         def __init__(self, tick):
@@ -174,7 +179,7 @@ def bench_one(name, dtype_name, batch, args) -> list[dict]:
     peers = {}
     if batch == 1 and args.llama_cpp:
         peers.update(llama_cpp_contestants(model, prompts, dtype_name, args))  # exported from the fp32 weights
-    model.to(dtype)
+    model.to(args.device, dtype)
 
     def with_engine(gen):
         def run(n, tick=None):
@@ -193,14 +198,14 @@ def bench_one(name, dtype_name, batch, args) -> list[dict]:
     reference = ours(16)
     if not args.no_hf:
         # transformers is slow at batch 1: timed on its own, with fewer tokens (its rate does not change)
-        hf = hf_contestant(model, prompts, dtype)
+        hf = hf_contestant(model, prompts, dtype, compiled=args.compile)
         hf_rate = decode_rate(hf, batch, max(8, args.new_tokens // 2), args.repeats)
         for r in rates:
             r["transformers"] = hf_rate
         peers["transformers"] = hf
     mb = (weight_bytes_per_token(margs, dtype) + kv_bytes_per_token(margs, dtype) *
           (args.prompt_len + args.new_tokens / 2)) / 1e6
-    bw = read_bandwidth(weight_bytes_per_token(margs, dtype) / 2**30) if batch == 1 else None
+    bw = read_bandwidth(weight_bytes_per_token(margs, dtype) / 2**30, device=args.device) if batch == 1 else None
     rows = []
     for engine in ["camelid", *peers]:
         best = max(r[engine] for r in rates)
@@ -224,13 +229,15 @@ def main(argv=None):
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (llama.cpp, a CPU build here, runs on CPU only)")
     p.add_argument("--no-hf", action="store_true", help="leave transformers out")
     p.add_argument("--no-llama-cpp", dest="llama_cpp", action="store_false",
                    help="leave llama.cpp out (it runs at batch 1 when llama-cpp-python is installed)")
     p.add_argument("--legacy", default=None, metavar="REV",
                    help="also time the engine of git revision REV, interleaved with today's (e.g. aceefde)")
     p.add_argument("--compile", action="store_true",
-                   help="camelid decodes with its compiled step (Engine(compile=True)); its eager engine is a peer")
+                   help="camelid decodes with its compiled step (Engine(compile=True)), its eager engine is a peer, "
+                        "and transformers runs with a static cache and a compiled forward")
     p.add_argument("--quick", action="store_true", help="reference config, 32 new tokens")
     p.add_argument("--json", default=None, help="write the rows here")
     args = p.parse_args(argv)
@@ -241,6 +248,8 @@ def main(argv=None):
     args.workdir = tempfile.mkdtemp(prefix="camelid-bench-")  # the GGUF exports of this run's models
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import llamacpp
+    if args.device != "cpu":
+        args.llama_cpp = False
     if args.llama_cpp and not llamacpp.available():
         print("# llama.cpp left out: pip install 'camelid[bench]' to add it")
         args.llama_cpp = False
@@ -271,6 +280,9 @@ def main(argv=None):
 
 
 def cpu_name() -> str:
+    """The processor the run measured: the CPU's model name, or the GPU's."""
+    if torch.cuda.is_available() and torch.cuda.device_count():
+        return torch.cuda.get_device_name()
     try:
         with open("/proc/cpuinfo") as f:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))

@@ -7,10 +7,12 @@
 #   3. the full `camelid quickstart` on the GPU, for its time and perplexity
 #   4. post-training of a ~1B model under torchrun with FSDP2 on one GPU: SFT, a reward model and 3 PPO
 #      iterations (bench/gpu_post.py): training speed, PPO rollout tokens/s, peak memory per stage
-# The four limits add up to more than one call's 10 minutes: choose parts with PARTS, e.g.
+#   5. decoding: camelid's compiled step and eager engine against transformers with a static cache and a
+#      compiled forward, bf16, batch 1 and 16, the ~250M config (bench/decode.py --device cuda --compile)
+# The limits add up to more than one call's 10 minutes: choose parts with PARTS, e.g.
 #   PARTS="smoke train quickstart" bench/gpu.sh;  PARTS="smoke post" bench/gpu.sh   (post needs smoke's tokenizer)
 set -uo pipefail
-PARTS=${PARTS:-smoke train quickstart post}
+PARTS=${PARTS:-smoke train quickstart post decode}
 OUT=${OUT:-bench-gpu-out}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -45,4 +47,6 @@ if want quickstart; then
 fi
 want post && part post 300 python3 -m torch.distributed.run --standalone --nproc_per_node 1 bench/gpu_post.py \
   --tokenizer /tmp/qs-smoke/tokenizer/tokenizer.model --json "$OUT/post.json"
+want decode && part decode 240 python3 bench/decode.py --device cuda --compile --configs 250m --dtypes bf16 \
+  --batches 1 16 --json "$OUT/decode.json"
 echo "=== done: $PARTS" | tee -a "$OUT/gpu.txt"
