@@ -1,20 +1,17 @@
-"""Fused CPU kernels for the model's inference slots: the projections of model.py, pre-packed for oneDNN.
+"""The weights of model.py's projections laid out for inference: the modules infer/packing.py puts in a twin.
 
-model.py has three places where inference may put a faster module than training's `nn.Linear`s
-(`Attention.wqkv`, `FeedForward.w13`, and any projection whose output is added to the residual stream);
-infer/packing.py builds a twin of the model with these in them. Each computes exactly what the
-`nn.Linear`s it replaces compute, in fewer kernels:
+Each computes exactly what the `nn.Linear`s it replaces compute:
 
-* `PackedLinear`: x @ W.T for one or more matrices stacked along the output (wq|wk|wv side by side), with
-  the weight pre-packed once in the layout `torch.compile`'s freezing pass would choose; `adds_residual`:
-  the residual sum of wo and w2 runs inside the matmul (a oneDNN post-op).
-* `PackedSwiGLU`: silu(x @ W1.T) * (x @ W3.T), the SiLU and the product as post-ops of the two matmuls.
-* `FusedLinear`, `FusedSwiGLU`: the same fusions over plain weights, for a compiler (infer/compiled.py):
-  one matmul for wq|wk|wv and one for w1|w3, the rest left for it to fuse.
+* `PackedLinear`: x @ W.T for one or more matrices stacked along the output (wq|wk|wv, w1|w3 side by side:
+  the model's `wqkv` and `w13` slots), the weight pre-packed once for oneDNN. On hosts where MKL's one-row
+  product beats the packed weight (timed once per shape and dtype, `plain_matvec_is_faster`), a one-row
+  input takes the plain matrix.
+* `FusedLinear`: the same stacking over plain weights, for a compiler (infer/compiled.py), which freezes
+  and packs them itself and fuses the elementwise rest.
 
-A decode step is mostly per-kernel overhead (docs/PERFORMANCE.md), so each kernel saved counts. On hosts
-where MKL's one-row product beats the packed weight for fp32 (timed once, `plain_matvec_is_faster`), a
-one-row input takes the plain path.
+Running the residual sums and SwiGLU as oneDNN post-ops (as the engine before the one forward did) was
+tried and measured no faster in a whole decode step (0.98-1.03x, fp32 and bf16, batch 1 and 16), so the
+model's own elementwise code runs.
 """
 
 from __future__ import annotations
@@ -75,57 +72,24 @@ def _weights(linears, dtype: torch.dtype) -> torch.Tensor:
     return torch.cat([lin.weight.detach().to(dtype) for lin in linears]).contiguous()
 
 
-def _choose_plain(plain_matvec: bool | None, w: torch.Tensor) -> bool:
-    return plain_matvec_is_faster(w.dtype, *w.shape) if plain_matvec is None else plain_matvec
-
-
-def _one_row(x: torch.Tensor) -> bool:
-    return x.numel() == x.shape[-1]
-
-
 class PackedLinear(nn.Module):
     """x @ W.T for one or more `nn.Linear`s stacked along the output (their outputs side by side on the
     last dimension), pre-packed for oneDNN, plus the plain matrix where `F.linear` is faster for one row.
-    forward(x, residual) adds the residual inside the matmul. The copies are plain attributes: not
-    parameters, not in state_dict."""
-
-    adds_residual = True
+    The copies are plain attributes: not parameters, not in state_dict."""
 
     def __init__(self, *linears: nn.Linear, dtype: torch.dtype, plain_matvec: bool | None = None):
         super().__init__()
         w = _weights(linears, dtype)
         self.packed = pack_weight(w)
-        self.plain = w if _choose_plain(plain_matvec, w) else None
-
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if self.plain is not None and _one_row(x):
-            y = F.linear(x, self.plain)
-            return y if residual is None else residual + y
-        # oneDNN runs a 2-D input faster than the model's [B, T, dim] (15% at batch 1 with 2 threads)
-        x2 = x.reshape(-1, x.shape[-1])
-        if residual is None:
-            y = _mkldnn._linear_pointwise(x2, self.packed, None, "none", [], "")
-        else:
-            y = _mkldnn._linear_pointwise.binary(x2, residual.reshape(x2.shape[0], -1), self.packed, None, "add")
-        return y.view(*x.shape[:-1], -1)
-
-
-class PackedSwiGLU(nn.Module):
-    """silu(x @ W1.T) * (x @ W3.T), for `FeedForward.w13`: SiLU is a post-op of the first matmul and the
-    product one of the second, so the gate and up activations are never written out separately."""
-
-    def __init__(self, w1: nn.Linear, w3: nn.Linear, dtype: torch.dtype, plain_matvec: bool | None = None):
-        super().__init__()
-        w1, w3 = _weights([w1], dtype), _weights([w3], dtype)
-        self.packed1, self.packed3 = pack_weight(w1), pack_weight(w3)
-        self.plain = (w1, w3) if _choose_plain(plain_matvec, w1) else None
+        self.plain = w if (plain_matvec_is_faster(w.dtype, *w.shape) if plain_matvec is None else plain_matvec) \
+            else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.plain is not None and _one_row(x):
-            return F.silu(F.linear(x, self.plain[0])) * F.linear(x, self.plain[1])
-        x2 = x.reshape(-1, x.shape[-1])
-        gate = _mkldnn._linear_pointwise(x2, self.packed1, None, "swish", [], "")
-        return _mkldnn._linear_pointwise.binary(x2, gate, self.packed3, None, "mul").view(*x.shape[:-1], -1)
+        if self.plain is not None and x.numel() == x.shape[-1]:  # one row
+            return F.linear(x, self.plain)
+        # oneDNN runs a 2-D input faster than the model's [B, T, dim] (15% at batch 1 with 2 threads)
+        y = _mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), self.packed, None, "none", [], "")
+        return y.view(*x.shape[:-1], -1)
 
 
 class FusedLinear(nn.Linear):
@@ -135,15 +99,3 @@ class FusedLinear(nn.Linear):
         w = _weights(linears, dtype)
         super().__init__(w.shape[1], w.shape[0], bias=False, device="meta")
         self.weight = nn.Parameter(w, requires_grad=False)
-
-
-class FusedSwiGLU(nn.Module):
-    """silu(x @ W1.T) * (x @ W3.T) as one matmul over [W1 | W3] and the elementwise rest."""
-
-    def __init__(self, w1: nn.Linear, w3: nn.Linear, dtype: torch.dtype):
-        super().__init__()
-        self.w13 = FusedLinear(w1, w3, dtype=dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w13(x).chunk(2, dim=-1)
-        return F.silu(gate) * up

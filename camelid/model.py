@@ -317,16 +317,6 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
                                           enable_gqa=q.shape[1] != k.shape[1])
 
 
-def project(proj: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """proj(x), plus residual when given. A projection that can add inside its matmul (an inference slot
-    of camelid/kernels.py says so with `adds_residual`) takes the residual itself: one kernel, not two."""
-    if residual is None:
-        return proj(x)
-    if getattr(proj, "adds_residual", False):
-        return proj(x, residual)
-    return residual + proj(x)
-
-
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -338,8 +328,7 @@ class Attention(nn.Module):
         # inference may put one matmul for all three here (infer/packing.py): its output is [q | k | v]
         self.wqkv: nn.Module | None = None
 
-    def forward(self, x, freqs, mask=None, cache: KVCache | None = None, layer: int = 0, residual=None):
-        """The attention's output, plus `residual` when given (see `project`)."""
+    def forward(self, x, freqs, mask=None, cache: KVCache | None = None, layer: int = 0):
         B, T, _ = x.shape
         if self.wqkv is None:
             q = self.wq(x).view(B, T, -1, self.head_dim)  # -1, not n_heads: tensor parallel shards the heads
@@ -353,7 +342,7 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        return project(self.wo, attend(q, k, v, mask).transpose(1, 2).reshape(B, T, -1), residual)
+        return self.wo(attend(q, k, v, mask).transpose(1, 2).reshape(B, T, -1))
 
 
 class FeedForward(nn.Module):
@@ -362,12 +351,11 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(dim, hidden_dim, bias=False)
         self.w2 = nn.Linear(hidden_dim, dim, bias=False)
         self.w3 = nn.Linear(dim, hidden_dim, bias=False)
-        # inference may put one module here that computes silu(x W1.T) * (x W3.T) in fewer kernels
-        self.w13: nn.Module | None = None
+        self.w13: nn.Module | None = None  # inference may put one matmul for w1 and w3 here: [gate | up]
 
-    def forward(self, x, residual=None):
-        """The feed-forward's output, plus `residual` when given (see `project`)."""
-        return project(self.w2, F.silu(self.w1(x)) * self.w3(x) if self.w13 is None else self.w13(x), residual)
+    def forward(self, x):
+        gate, up = (self.w1(x), self.w3(x)) if self.w13 is None else self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class TransformerBlock(nn.Module):
@@ -380,9 +368,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
 
     def forward(self, x, freqs, mask=None, cache: KVCache | None = None):
-        # h = x + attention(norm(x)); h + feed_forward(norm(h)): the sums happen in wo and w2 (`project`)
-        h = self.attention(self.attention_norm(x), freqs, mask, cache, self.layer_id, residual=x)
-        return self.feed_forward(self.ffn_norm(h), residual=h)
+        h = x + self.attention(self.attention_norm(x), freqs, mask, cache, self.layer_id)
+        return h + self.feed_forward(self.ffn_norm(h))
 
 
 class Transformer(nn.Module):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from camelid.dtypes import NAMES as DTYPE_NAMES
 
 
@@ -26,9 +28,7 @@ def add_compile_argument(p) -> None:
 
 def warm_up(engine) -> None:
     """Compile a compiled engine's decode step now (one row), so that the first answer is not the slow one."""
-    import sys
-
-    from camelid.infer.engine import Request
+    from camelid.infer.engine import Request  # here: `--help` stays free of torch
     if engine.compiled is not None:
         print("camelid: compiling the decode step (10-60 s) ...", file=sys.stderr, flush=True)
         engine.add(Request([1, 1], 2, stop_ids=()))

@@ -22,7 +22,6 @@ Tests compare greedy tokens with Hugging Face's `generate` and with uncached dec
 
 from __future__ import annotations
 
-import functools
 import itertools
 from dataclasses import dataclass, field
 
@@ -232,7 +231,10 @@ class Engine:
         n = len(self.active)
         self._reserve(n, max(self.cache.lengths[:n]) + 1)
         tokens = torch.tensor(self.last, device=self.device)
-        logits = (self.compiled or functools.partial(decode, self.forward_model))(self.cache, tokens)
+        if self.compiled is not None:
+            logits = self.compiled(self.cache, tokens)
+        else:
+            logits = decode(self.forward_model, self.cache, tokens)
         return self._sample_and_emit(logits, 0)
 
     def _sample_and_emit(self, logits: torch.Tensor, row0: int) -> list[Event]:

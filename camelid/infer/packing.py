@@ -18,7 +18,7 @@ import weakref
 import torch
 from torch import nn
 
-from camelid.kernels import FusedLinear, FusedSwiGLU, PackedLinear, PackedSwiGLU, can_pack
+from camelid.kernels import FusedLinear, PackedLinear, can_pack
 from camelid.model import Transformer
 
 
@@ -44,18 +44,17 @@ def build_inference_model(model: Transformer, dtype: torch.dtype | None = None, 
         twin = Transformer(model.args)
     twin.load_state_dict(model.state_dict(), assign=True)  # the model's own tensors, no copies
     if pack:
-        args = model.args
         kw = dict(dtype=dtype)  # each projection times its own one-row kernels (kernels.plain_matvec_is_faster)
         for layer in twin.layers:
             a, f = layer.attention, layer.feed_forward
             a.wqkv, a.wo = PackedLinear(a.wq, a.wk, a.wv, **kw), PackedLinear(a.wo, **kw)
-            f.w13, f.w2 = PackedSwiGLU(f.w1, f.w3, **kw), PackedLinear(f.w2, **kw)
+            f.w13, f.w2 = PackedLinear(f.w1, f.w3, **kw), PackedLinear(f.w2, **kw)
             a.wq = a.wk = a.wv = f.w1 = f.w3 = None
         twin.output = PackedLinear(twin.output, **kw)
     elif fuse:
         for layer in twin.layers:
             a, f = layer.attention, layer.feed_forward
-            a.wqkv, f.w13 = FusedLinear(a.wq, a.wk, a.wv, dtype=dtype), FusedSwiGLU(f.w1, f.w3, dtype=dtype)
+            a.wqkv, f.w13 = FusedLinear(a.wq, a.wk, a.wv, dtype=dtype), FusedLinear(f.w1, f.w3, dtype=dtype)
             a.wq = a.wk = a.wv = f.w1 = f.w3 = None
     twin.to(dtype).requires_grad_(False)  # what is left: embedding and norms (no copy when the dtype is the same)
     twin.pack, twin.fuse = pack, fuse
