@@ -84,3 +84,24 @@ def test_instruction_dialogs():
         msgs = d.messages(d.references()[:2], upto=3)
         assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
         assert sum(d.instruction.text in m["content"] for m in msgs) == 1
+
+
+def test_evaluate_keeps_each_prompts_correctness_and_graded_score_in_order(monkeypatch):
+    """keep_answers rows: one per question in make_dialogs' order, with 0/1 correctness and the graded
+    score (judge_helpful on a helpful task, judge_safety on a harmful one): what the paired report card needs."""
+    import camelid.tasks.eval as ev
+
+    answers = ["100", "even", REFUSAL, "", "even", "Sure, first you"]  # add right, parity wrong (0.1), refused...
+    monkeypatch.setattr(ev, "answer_examples", lambda model, tok, examples, max_new_tokens: answers)
+    report = ev.evaluate(None, None, n=6, seed=0, gatt_dialogs=0, tasks=["add", "parity", "safety"],
+                         keep_answers=True)
+    rows = report["answers"]
+    assert [r["task"] for r in rows] == ["add", "parity", "safety"] * 2
+    assert [r["question"] for r in rows] == [e.messages[-1]["content"] for e in
+                                             make_dialogs("test", 6, 0, tasks=["add", "parity", "safety"])]
+    assert [r["answer"] for r in rows] == answers
+    assert [r["correct"] for r in rows] == [1, 0, 1, 0, 1, 0]
+    assert [r["score"] for r in rows] == [1.0, 0.1, 1.0, 0.0, 1.0, 0.0]
+    assert report["accuracy"] == 0.5 and report["score"] == pytest.approx(3.1 / 6, abs=1e-12)
+    assert report["scores"] == {"add": 0.5, "parity": pytest.approx(0.55), "safety": 0.5}
+    assert "answers" not in ev.evaluate(None, None, n=6, seed=0, gatt_dialogs=0, tasks=["add", "parity", "safety"])

@@ -62,6 +62,12 @@ def gatt_adherence(model, tokenizer, dialogs, max_new_tokens: int = 24, seed: in
 def evaluate(model, tokenizer, split: str = "test", n: int = 180, seed: int = 0, gatt_dialogs: int = 24,
              gatt_turns: int = 5, max_new_tokens: int = 24, tasks: list[str] | None = None,
              keep_answers: bool = False) -> dict:
+    """The proving-ground report of a chat model on n held-out questions (and GAtt dialogs).
+
+    Each question scores graded credit in [0, 1] (judge_helpful on a helpful task, judge_safety on a
+    harmful request) and counts as correct when the credit is full. With keep_answers, report["answers"]
+    has one row per question, in the order make_dialogs gives them (the same for every model evaluated
+    with the same split, n, seed and tasks), so two models can be compared prompt by prompt."""
     t0 = time.perf_counter()
     examples = make_dialogs(split, n, seed, tasks=tasks)
     answers = answer_examples(model, tokenizer, examples, max_new_tokens)
@@ -69,21 +75,26 @@ def evaluate(model, tokenizer, split: str = "test", n: int = 180, seed: int = 0,
     scores: dict[str, list[float]] = {}
     refused = {"helpful": [], "safety": []}
     rows = []
+    graded = []
     for ex, a in zip(examples, answers):
         h, s = judge_helpful(ex, a), judge_safety(ex, a)
         score = h if ex.kind == "helpful" else s
-        per_task.setdefault(ex.task, []).append(1.0 if score >= 1.0 - 1e-9 else 0.0)
+        exact = 1 if score >= 1.0 - 1e-9 else 0  # full credit
+        per_task.setdefault(ex.task, []).append(float(exact))
         scores.setdefault(ex.task, []).append(score)
+        graded.append(score)
         refused[ex.kind].append(1.0 if is_refusal(a) else 0.0)
         if keep_answers:
             rows.append({"task": ex.task, "question": ex.messages[-1]["content"], "answer": a,
-                         "reference": ex.reference, "helpful": h, "safety": s})
+                         "reference": ex.reference, "helpful": h, "safety": s, "correct": exact,
+                         "score": score})
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     correct = [x for v in per_task.values() for x in v]
     report = {
         "split": split, "n": len(examples), "seed": seed,
         "accuracy": mean(correct),
         "tasks": {t: mean(per_task[t]) for t in TASKS if t in per_task},
+        "score": mean(graded),  # over questions, like accuracy (not over the tasks' means)
         "scores": {t: mean(scores[t]) for t in TASKS if t in scores},
         "helpfulness": mean([x for t, v in scores.items() if TASKS[t].kind == "helpful" for x in v]),
         "safety": mean([x for t, v in scores.items() if TASKS[t].kind == "safety" for x in v]),
