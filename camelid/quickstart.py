@@ -45,7 +45,7 @@ SMOKE = {  # every stage at toy size: proves the pipeline works in seconds (the 
     "sft": ["sft.dialogs=240", "sft.instruction_dialogs=24", "sft.batch_size=8", "train.micro_batch=4",
             "train.max_steps=6", "sft.seq_len=128", "sft.val_n=8", "sft.eval_n=20", "sft.eval_gatt=2", "sft.gatt_turns=3"],
     "rm": ["rm.prompts=24", "rm.val_prompts=16", "rm.samples=1", "rm.batch_pairs=16", "rm.epochs=1",
-           "rm.max_len=96", "train.micro_batch=8"],
+           "rm.max_len=96", "train.micro_batch=8", "rm.onpolicy_prompts=10"],
     "rs": ["rs.prompts_per_iteration=16", "rs.k=2", "rs.max_new_tokens=8", "rs.eval_n=8", "rs.batch_size=8",
            "train.micro_batch=4"],
     "ppo": ["ppo.iterations=2", "ppo.rollout_batch=16", "ppo.minibatch=8", "ppo.max_new_tokens=8",
@@ -55,6 +55,10 @@ SMOKE = {  # every stage at toy size: proves the pipeline works in seconds (the 
              "sft.seq_len=128", "sft.val_n=8", "sft.eval_n=20", "sft.eval_gatt=2", "sft.gatt_turns=3"],
     "report_n": 20,
 }
+
+
+# the helpfulness reward models collect their pairs task by task (their recipes set rm.per_task)
+SMOKE["rm-helpful"] = SMOKE["rm-2"] = SMOKE["rm"] + ["rm.per_task=4", "rm.max_prompts_per_task=16", "rm.samples=2"]
 
 
 @dataclass(frozen=True)
@@ -78,21 +82,28 @@ PIPELINE = [
     Step("sft", "4. supervised fine-tuning (Llama-2 SFT): chat format, loss on answers only, packed rows; "
                 "held-out proving-ground accuracy before and after",
          "sft", "quickstart-sft", inputs={"model.init_from": "pretrain/model"}),
-    Step("rm-helpful", "5. reward models (Llama-2 §3.2.2): helpfulness, ranking loss with a rating margin",
-         "rm", "quickstart-rm", inputs={"model.init_from": "sft/model", "rm.base_model": "pretrain/model"},
+    Step("rm-helpful", "5. reward models, round 1 (Llama-2 §3.2.2): helpfulness, on pairs of the SFT model's own "
+                       "answers, every task its share", "rm", "quickstart-rm", inputs={"model.init_from": "sft/model"},
          values={"rm.kind": "helpful"}, group="rm"),
-    Step("rm-safety", "5. reward models (Llama-2 §3.2.2): safety, ranking loss with a rating margin",
-         "rm", "quickstart-rm", inputs={"model.init_from": "sft/model", "rm.base_model": "pretrain/model"},
+    Step("rm-safety", "5. reward models, round 1 (Llama-2 §3.2.2): safety, on SFT and base-model answers",
+         "rm", "quickstart-rm-safety", inputs={"model.init_from": "sft/model", "rm.base_model": "pretrain/model"},
          values={"rm.kind": "safety"}, group="rm"),
-    Step("rs", "6. rejection sampling: best of K by the combined reward, pooled over iterations, fine-tuned",
+    Step("rs", "6. rejection sampling, round 1: best of K by the combined reward, pooled, fine-tuned",
          "rs", "quickstart-rs", inputs={"model.init_from": "sft/model", "rs.reward_helpful": "rm-helpful/model",
                                         "rs.reward_safety": "rm-safety/model"}),
-    Step("ppo", "7. PPO: combined reward, whitened, minus beta * KL to the SFT model; clipped surrogate",
-         "ppo", "quickstart-ppo", inputs={"model.init_from": "rs/model", "ppo.reward_helpful": "rm-helpful/model",
+    Step("rm-helpful-2", "7. helpfulness reward model, round 2: new pairs of the round-1 policy's answers, trained "
+                         "on with round 1's", "rm", "quickstart-rm-2",
+         inputs={"model.init_from": "rm-helpful/model", "rm.policy": "rs/model",
+                 "rm.previous": "rm-helpful/pairs_train.jsonl"}, values={"rm.kind": "helpful"}, group="rm-2"),
+    Step("rs-2", "8. rejection sampling, round 2, on the round-2 reward model",
+         "rs", "quickstart-rs", inputs={"model.init_from": "rs/model", "rs.reward_helpful": "rm-helpful-2/model",
+                                        "rs.reward_safety": "rm-safety/model"}, values={"rs.seed": 1}),
+    Step("ppo", "9. PPO, round 2: combined reward, each answer against its prompt's others, minus beta * KL",
+         "ppo", "quickstart-ppo", inputs={"model.init_from": "rs-2/model", "ppo.reward_helpful": "rm-helpful-2/model",
                                           "ppo.reward_safety": "rm-safety/model"}),
-    Step("gatt", "8. Ghost Attention: the system instruction kept in turn 1 only, the loss on the last turn only",
+    Step("gatt", "10. Ghost Attention: the system instruction kept in turn 1 only, the loss on the last turn only",
          "sft", "quickstart-gatt", inputs={"model.init_from": "ppo/model"}),
-    Step("report_card", "9. report card: every stage's policy on the same held-out prompts"),
+    Step("report_card", "11. report card: every stage's policy on the same held-out prompts"),
 ]
 
 
@@ -154,7 +165,7 @@ def route_overrides(overrides: list[str]) -> dict[str, list[str]]:
 
 
 def smoke_sets(step: Step, smoke: bool) -> list[str]:
-    return list(SMOKE.get(step.name) or SMOKE.get(step.group) or []) if smoke else []
+    return list(SMOKE.get(step.name) or SMOKE.get(step.group) or SMOKE.get(step.stage) or []) if smoke else []
 
 
 def user_sets(step: Step, routed: dict) -> list[str]:
@@ -325,12 +336,13 @@ def base_eval(cfg, run: Path) -> dict:
 
 
 def rm_step(step: Step, cfg, run: Path) -> dict:
-    from camelid.train.reward import RM, format_table
+    from camelid.train.reward import RM, format_report
     from camelid.train.stage import run_stage
 
     report = run_stage(RM, cfg, run, resume=True)
-    print(format_table(report["accuracy"], f"{cfg.rm.kind} reward model, held-out accuracy (%) by rating:"))
-    return {"accuracy": report["accuracy"], "calibration": report.get("calibration"),
+    print(format_report(report, f"{cfg.rm.kind} reward model, held-out accuracy (%) by rating:"))
+    return {"accuracy": report["accuracy"], "accuracy_on_policy": report.get("accuracy_on_policy"),
+            "calibration": report.get("calibration"),
             "train_pairs": report["train_pairs"], "val_pairs": report.get("val_pairs")}
 
 
@@ -382,25 +394,35 @@ def stage_report_card(out: Path, smoke: bool, timings: dict) -> dict:
     if not (card.get("n") == n and cache.stat().st_mtime > max((m[k] / "config.json").stat().st_mtime for k in m)):
         sft = load_checkpoint(m["sft"])
         sft_model, tok = sft.model, sft.tokenizer()
-        scorer = load_scorer(str(m["rm-helpful"]), str(m["rm-safety"]), tok, "cpu")
+        helpful = [st.name for st in PIPELINE if st.stage == "rm" and st.values.get("rm.kind") == "helpful"]
+        scorer = load_scorer(str(m[helpful[-1]]), str(m["rm-safety"]), tok, "cpu")  # the newest reward models
         stages = []
-        seconds = {"base": timings.get("pretrain"), "sft": timings.get("sft"), "rs": timings.get("rs"),
-                   "ppo": timings.get("ppo"), "gatt": timings.get("gatt")}
-        for name in ("base", "sft", "rm", "rs", "ppo", "gatt"):
-            if name == "rm":
-                rm = {k: json.loads((out / f"rm-{k}" / "rm_report.json").read_text())["accuracy"]["average"]
-                      for k in ("helpful", "safety")}
-                stages.append({"name": "rm", "seconds": timings.get("rm"), "rm_accuracy": rm})
+        for st in PIPELINE:
+            if st.stage == "rm":
+                if st.values.get("rm.kind") == "helpful":  # one row per round, for its reward models
+                    stages.append(rm_row(out, st, timings))
                 continue
-            policy = load_model(m[name])
-            row = measure_policy(policy, tok, scorer, sft_model, n=n, seed=0, gatt_dialogs=6 if smoke else 24)
-            stages.append({"name": name, "seconds": seconds.get(name), **row})
+            if not st.stage:
+                continue
+            name = "base" if st.stage == "pretrain" else st.name
+            row = measure_policy(load_model(m[name]), tok, scorer, sft_model, n=n, seed=0,
+                                 gatt_dialogs=6 if smoke else 24)
+            stages.append({"name": name, "seconds": timings.get(st.name), **row})
         write_report_card(stages, out, {"smoke": smoke, "n": n})
         card = json.loads(cache.read_text())
     from camelid.report_card import PROMPTS_FILE, render
     print(render(card["stages"]))
     print(f"written to {out / 'report_card.md'} and {cache} (per-prompt results: {out / PROMPTS_FILE})")
     return card
+
+
+def rm_row(out: Path, step: Step, timings: dict) -> dict:
+    """A round's reward models on the report card: held-out pair accuracy, and on the policy's own answers."""
+    group = [st for st in PIPELINE if st.stage == "rm" and st.group == step.group]
+    reports = {st.values["rm.kind"]: json.loads((out / st.name / "rm_report.json").read_text()) for st in group}
+    return {"name": step.group, "seconds": timings.get(step.group),
+            "rm_accuracy": {k: r["accuracy"]["average"] for k, r in reports.items()},
+            "rm_accuracy_on_policy": {k: r.get("accuracy_on_policy") for k, r in reports.items()}}
 
 
 def _sample(model_dir: Path, prompt: str, max_new_tokens: int = 40) -> str | None:

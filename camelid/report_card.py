@@ -119,12 +119,16 @@ def render(rows: list[dict]) -> str:
         lines.append("")
         lines.append(f"Δ vs SFT: the stage minus SFT on the same {n} held-out prompts, mean [95% paired normal "
                      f"interval: ± 1.96 sd/√n], accuracy in percentage points, score (graded credit, 0-1) as is.")
-    notes = [r for r in rows if r.get("rm_accuracy")]
-    for r in notes:
-        acc = r["rm_accuracy"]
+    for r in (r for r in rows if r.get("rm_accuracy")):
         lines.append("")
-        lines.append("reward models, held-out pair accuracy: " + ", ".join(
-            f"{k} {100 * v:.1f}%" for k, v in acc.items() if v is not None))
+        lines.append(f"reward models ({r['name']}), held-out pair accuracy: " + ", ".join(
+            f"{k} {100 * v:.1f}%" for k, v in r["rm_accuracy"].items() if v is not None))
+        on_policy = {k: v for k, v in (r.get("rm_accuracy_on_policy") or {}).items() if v}
+        if on_policy:
+            lines.append("on the policy's own answers: " + "; ".join(
+                f"{k} {100 * v['average']:.1f}% (significantly better pairs "
+                + ("–" if v.get("significantly_better") is None else f"{100 * v['significantly_better']:.1f}%") + ")"
+                for k, v in on_policy.items()))
     return "\n".join(lines) + "\n"
 
 

@@ -56,6 +56,20 @@ def test_penalized_rewards_and_whitening():
     assert w.tolist()[0] == pytest.approx([0.0, -1.0, 1.0], abs=1e-4)
 
 
+def test_group_whiten_credits_the_answer_not_the_prompt():
+    from camelid.rlhf.ppo_math import group_whiten
+
+    # two prompts, two rollouts each: a safety prompt far above a helpful one, a better answer in each
+    score = torch.tensor([5.0, 7.0, -1.0, 0.0])
+    # centred in its group: [-1, 1, -0.5, 0.5]; mean square (1 + 1 + 0.25 + 0.25) / 4 = 0.625
+    want = torch.tensor([-1.0, 1.0, -0.5, 0.5]) / 0.625 ** 0.5
+    assert torch.allclose(group_whiten(score, 2), want, atol=1e-6)
+    # batch whitening ranks the worse safety answer (5) far above the better helpful one (0); the groups do not
+    from camelid.reward_model import whiten
+    assert whiten(score)[0] > whiten(score)[3] and group_whiten(score, 2)[0] < group_whiten(score, 2)[3]
+    assert torch.equal(group_whiten(torch.full((4,), 3.0), 2), torch.zeros(4))  # all alike: no credit
+
+
 def test_kl_is_zero_for_identical_policies():
     from camelid.model import ModelArgs, Transformer
     from camelid.rlhf.rollout import sequence_kl
@@ -113,6 +127,10 @@ def test_rejection_sampling_keeps_the_best_of_k():
     assert update_pool(pool, prompts, [["u", "v", "w"], ["s", "t", "o"]], torch.tensor([[0.2, 0.3, 0.1],
                                                                                           [0.0, -3.0, -3.0]]), 2) == 1
     assert [(v["answer"], v["iteration"]) for v in pool.values()] == [("y", 1), ("s", 2)]
+    # with a floor, the best of a prompt's answers enters only if it reaches it
+    floor = {}
+    assert update_pool(floor, prompts, [["x", "y", "z"], ["p", "q", "r"]], scores, 1, min_score=0.0) == 1
+    assert [v["answer"] for v in floor.values()] == ["y"]
 
 
 def test_rs_stage_raises_the_reward(smoke_run, tmp_path):

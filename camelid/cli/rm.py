@@ -22,13 +22,11 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from camelid.train.reward import format_table, rm_config, train_reward_model
+    from camelid.train.reward import format_report, rm_config, train_reward_model
 
     cfg = rm_config(args.config, args.out, args.resume, model=args.model, data=args.data, kind=args.kind,
                     margin=args.margin, base=args.base, max_steps=args.max_steps, overrides=args.overrides)
     report = train_reward_model(cfg, args.out, resume=args.resume)
-    if "accuracy" in report:
-        print(format_table(report["accuracy"], f"held-out accuracy (%) of the {cfg.rm.kind} reward model, "
-                                               f"margin {cfg.rm.margin}:"))
+    print(format_report(report, f"held-out accuracy (%) of the {cfg.rm.kind} reward model, margin {cfg.rm.margin}:"))
     print(f"reward model: {Path(args.out) / 'model'}; report: {Path(args.out) / 'rm_report.json'}")
     return 0

@@ -30,8 +30,8 @@ from torch import nn
 from camelid.config import CheckpointConfig, ConfigError, LogConfig, StageConfig, TrainConfig, load_config
 from camelid.parallel.collectives import barrier
 from camelid.reward_model import RewardModel, whiten
-from camelid.rlhf.ppo_math import entropy, gae, kl_per_token, masked_whiten, penalized_rewards, policy_loss, \
-    token_logprobs, value_loss
+from camelid.rlhf.ppo_math import entropy, gae, group_whiten, kl_per_token, masked_whiten, penalized_rewards, \
+    policy_loss, token_logprobs, value_loss
 from camelid.rlhf.rewards import Prompt, RewardScorer, load_prompts
 from camelid.rlhf.rollout import answer_batch, batch_positions, encode_prompts, heldout_shares, rows_of_share, \
     sample_seeds, sample_shares, score_shares, sequence_logprobs
@@ -51,6 +51,7 @@ class PPOSection:
     minibatch: int = 64  # sequences per gradient step; one step per minibatch
     max_new_tokens: int = 64
     temperature: float = 1.0
+    group_size: int = 1  # rollouts per prompt; > 1 scores each against its prompt's mean (group_whiten)
     beta: float = -1.0  # KL penalty; -1: Llama-2's 0.01 up to 13B parameters, 0.005 above
     gamma: float = 1.0
     lam: float = 0.95
@@ -79,6 +80,8 @@ class PPOConfig(StageConfig):
 
     def check(self) -> None:
         p = self.ppo
+        if p.group_size < 1 or p.rollout_batch % p.group_size:
+            raise ConfigError(f"ppo.group_size: {p.group_size} must be >= 1 and divide ppo.rollout_batch {p.rollout_batch}")
         if p.rollout_batch % p.minibatch:
             raise ConfigError(f"ppo.rollout_batch: {p.rollout_batch} is not a multiple of ppo.minibatch {p.minibatch}")
         if p.minibatch % self.train.micro_batch:
@@ -213,7 +216,8 @@ def make_rollouts(ctx: RunContext, policy, ref, value, scorer: RewardScorer, tok
     scores = score_shares(scorer, prompts, texts)
     combined = scores["combined"].to(device)
     truncated = torch.tensor([len(o) >= p.max_new_tokens for o in outs], device=device)
-    score = whiten(combined) - p.missing_eos_penalty * truncated.float()  # an unfinished answer is not a good one
+    centered = group_whiten(combined, p.group_size) if p.group_size > 1 else whiten(combined)
+    score = centered - p.missing_eos_penalty * truncated.float()  # an unfinished answer is not a good one
     rewards = penalized_rewards(score, logp_old, logp_ref, rmask.float(), beta)
     adv, returns = gae(rewards, values_old * rmask, rmask, p.gamma, p.lam)
     adv = masked_whiten(adv, rmask)
@@ -308,7 +312,8 @@ def ppo_body(cfg: PPOConfig, ctx: RunContext, scorer=None) -> dict:
 
     def rollouts(it: int):
         g = torch.Generator().manual_seed(p.seed * 100_003 + it)
-        pick = torch.randperm(len(train_prompts), generator=g)[:p.rollout_batch].tolist()
+        pick = torch.randperm(len(train_prompts), generator=g)[:p.rollout_batch // p.group_size].tolist()
+        pick = [i for i in pick for _ in range(p.group_size)]  # a prompt's group_size rollouts side by side
         return make_rollouts(ctx, policy, ref, value, scorer, tok, [train_prompts[i] for i in pick], p, beta,
                              seeds=sample_seeds(p.seed, it, len(pick)), device=device, autocast=trainer.autocast)
 

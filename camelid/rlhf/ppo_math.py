@@ -80,3 +80,14 @@ def value_loss(values: torch.Tensor, values_old: torch.Tensor, returns: torch.Te
     """Clipped value loss, SUMMED: 0.5 * max((V - R)^2, (clip(V, V_old +- eps) - R)^2)."""
     clipped = values_old + torch.clamp(values - values_old, -clip, clip)
     return (0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2) * mask.float()).sum()
+
+
+def group_whiten(score: torch.Tensor, group_size: int, eps: float = 1e-8) -> torch.Tensor:
+    """Credit for the answer, not the prompt: each score minus the mean of its prompt's group (the
+    `group_size` consecutive rollouts of one prompt), divided by the spread of those differences over the
+    batch. Whitening over the whole batch instead keeps what separates prompts (a safety prompt's reward is
+    ~5 above a helpful one's), and the policy then learns which prompt it was given, not which answer was
+    better."""
+    g = score.view(-1, group_size)
+    centered = (g - g.mean(1, keepdim=True)).reshape(-1)
+    return centered * torch.rsqrt(centered.pow(2).mean() + eps)

@@ -33,7 +33,7 @@ from camelid.fsutil import atomic_write_text
 from camelid.plot import save_figure
 from camelid.reward_model import MARGINS, RATINGS, RewardModel, ranking_loss
 from camelid.train.loop import Trainer
-from camelid.train.rm_pairs import proving_ground_pairs
+from camelid.train.rm_pairs import balanced_pairs, proving_ground_pairs
 from camelid.train.stage import RunContext, Stage, flag_overrides, run_stage, stage_config
 
 PROVING_GROUND = "proving-ground"
@@ -56,6 +56,13 @@ class RMSection:
     val_prompts: int = 300  # proving ground: held-out prompts
     samples: int = 2  # proving ground: answers sampled per prompt per model
     temperature: float = 1.0
+    temperatures: list = field(default_factory=list)  # sample s at temperatures[s % len]; empty: [temperature]
+    reference: bool = True  # proving ground: the reference answer is a candidate too
+    policy: str = ""  # proving ground: sample the answers from this policy (default: the model trained from)
+    per_task: int = 0  # proving ground: > 0 draws prompts task by task until each has this many pairs
+    max_prompts_per_task: int = 0  # with per_task: at most this many prompts of a task (0: 4 x per_task)
+    previous: str = ""  # JSONL pairs of earlier rounds, trained on with the new ones (Llama-2 keeps all)
+    onpolicy_prompts: int = 240  # held-out prompts answered 4 times by the policy: accuracy_on_policy, shortcuts
     skip_bad: bool = False
 
 
@@ -162,6 +169,23 @@ def score_pairs(model, data: PairData, micro_batch: int) -> tuple[torch.Tensor, 
     return torch.cat(chosen), torch.cat(rejected)
 
 
+def reward_fn(model, tokenizer, max_len: int, micro_batch: int):
+    """(dialogs, answers) -> [n] rewards of `model`, in batches (the sequences cut as in training)."""
+    from camelid.chat_format import encode_dialog_with_mask
+
+    @torch.no_grad()
+    def score(dialogs: list[list[dict]], answers: list[str]) -> torch.Tensor:
+        device = next(model.parameters()).device
+        seqs = [encode_dialog_with_mask(tokenizer, d + [{"role": "assistant", "content": a}])[0][-max_len:]
+                for d, a in zip(dialogs, answers)]
+        out = []
+        for i in range(0, len(seqs), micro_batch):
+            tokens, mask = pad_right(seqs[i:i + micro_batch])
+            out.append(model(tokens.to(device), mask=mask.to(device)).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+    return score
+
+
 def accuracy_by_rating(chosen: torch.Tensor, rejected: torch.Tensor, pairs: list[PreferencePair]) -> dict:
     """Llama-2 Table 8 layout: accuracy per rating level, and over all pairs ("average")."""
     right = (chosen > rejected).float()
@@ -217,6 +241,17 @@ def format_table(acc: dict, title: str = "") -> str:
     return (title + "\n" if title else "") + line + "\n" + " | ".join(c.rjust(w) for c, w in zip(cells, width))
 
 
+def format_report(report: dict, title: str) -> str:
+    """The held-out accuracy table, the one on the policy's own answers and the shortcut check, as printed."""
+    out = [format_table(report["accuracy"], title)] if "accuracy" in report else []
+    if report.get("accuracy_on_policy"):
+        out.append(format_table(report["accuracy_on_policy"], "on the policy's own answers (accuracy_on_policy):"))
+    if report.get("shortcuts"):
+        out.append("within-prompt rank correlation of reward and judge: " + ", ".join(
+            f"{t} {v['spearman']:+.2f}" for t, v in report["shortcuts"].items()))
+    return "\n".join(out)
+
+
 def plot_scores(chosen: torch.Tensor, rejected: torch.Tensor, out: Path, title: str) -> Path:
     import matplotlib
 
@@ -237,37 +272,61 @@ def plot_scores(chosen: torch.Tensor, rejected: torch.Tensor, out: Path, title: 
 
 # ----------------------------------------------------------------------------------------------------- stage
 
-def get_pairs(cfg: RMConfig, run_dir: Path, tokenizer, lm) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """(train, held-out) pairs; proving-ground pairs are generated once and cached in the run directory."""
+def pair_models(cfg: RMConfig, lm) -> list:
+    """The models whose samples make proving-ground pairs: the policy (rm.policy, or the model trained from)
+    first, then the base model when given."""
+    from camelid.checkpoint import load_model
+
     r = cfg.rm
+    if not r.policy and isinstance(lm, RewardModel):
+        raise ConfigError(f"rm.policy: {cfg.model.init_from} is a reward model, which cannot answer prompts; pass the "
+                          f"policy whose answers make the pairs (--set rm.policy=CKPT)")
+    policy = load_model(r.policy, dtype=torch.float32) if r.policy else lm
+    return [policy] + ([load_model(r.base_model, dtype=torch.float32)] if r.base_model else [])
+
+
+def make_pairs(cfg: RMConfig, models: list, tokenizer, split: str) -> list[PreferencePair]:
+    r = cfg.rm
+    temps = list(r.temperatures) or [r.temperature]
+    seed = r.seed if split == "train" else r.seed + 10_000
+    if r.per_task:
+        per_task = r.per_task if split == "train" else max(8, r.per_task // 4)  # held out: a quarter
+        cap = r.max_prompts_per_task or 4 * r.per_task
+        return balanced_pairs(models, tokenizer, r.kind, split, per_task, cap, seed=seed, samples=r.samples,
+                              temperatures=temps, reference=r.reference)
+    n = r.prompts if split == "train" else r.val_prompts
+    return proving_ground_pairs(models, tokenizer, r.kind, split, n, seed=seed, samples=r.samples,
+                                temperatures=temps, reference=r.reference)
+
+
+def get_pairs(cfg: RMConfig, run_dir: Path, tokenizer, lm) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """(train, held-out) pairs; proving-ground pairs are generated once and cached in the run directory.
+    rm.previous adds the training pairs of earlier rounds."""
+    r = cfg.rm
+    previous = load_pairs(r.previous, r.skip_bad) if r.previous else []
     if r.data != PROVING_GROUND:
         pairs = load_pairs(r.data, r.skip_bad)
         if r.val_data:
-            return pairs, load_pairs(r.val_data, r.skip_bad)
+            return previous + pairs, load_pairs(r.val_data, r.skip_bad)
         n_val = max(1, len(pairs) // 20)
-        return pairs[n_val:], pairs[:n_val]
+        return previous + pairs[n_val:], pairs[:n_val]
     cache = {split: run_dir / f"pairs_{split}.jsonl" for split in ("train", "test")}
     key = hashlib.sha256(json.dumps([r.kind, r.prompts, r.val_prompts, r.samples, r.temperature, r.seed,
-                                     r.base_model, cfg.model.init_from]).encode()).hexdigest()[:16]
+                                     r.base_model, cfg.model.init_from, r.temperatures, r.reference, r.policy,
+                                     r.per_task, r.max_prompts_per_task]).encode()).hexdigest()[:16]
     key_file = run_dir / "pairs.key"
     if all(p.exists() for p in cache.values()) and key_file.exists() and key_file.read_text() == key:
-        return load_pairs(cache["train"]), load_pairs(cache["test"])
-    from camelid.checkpoint import load_model
-
-    models = [lm]
-    if r.base_model:
-        models.append(load_model(r.base_model, dtype=torch.float32))
+        return previous + load_pairs(cache["train"]), load_pairs(cache["test"])
     t0 = time.perf_counter()
-    train = proving_ground_pairs(models, tokenizer, r.kind, "train", r.prompts, seed=r.seed, samples=r.samples,
-                                 temperature=r.temperature)
-    test = proving_ground_pairs(models, tokenizer, r.kind, "test", r.val_prompts, seed=r.seed + 10_000,
-                                samples=r.samples, temperature=r.temperature)
+    models = pair_models(cfg, lm)
+    train, test = (make_pairs(cfg, models, tokenizer, split) for split in ("train", "test"))
     for split, pairs in (("train", train), ("test", test)):
         save_pairs(pairs, cache[split])
     atomic_write_text(key_file, key)
     print(f"rm data: {len(train):,} train / {len(test):,} held-out {r.kind} pairs from the proving ground in "
-          f"{time.perf_counter() - t0:.0f}s; ratings {rating_counts(train)}")
-    return train, test
+          f"{time.perf_counter() - t0:.0f}s; ratings {rating_counts(train)}"
+          + (f"; {len(previous):,} pairs of earlier rounds" if previous else ""))
+    return previous + train, test
 
 
 def rm_body(cfg: RMConfig, ctx: RunContext) -> dict:
@@ -326,6 +385,14 @@ def rm_body(cfg: RMConfig, ctx: RunContext) -> dict:
         if ctx.is_main:
             report["scores_plot"] = str(plot_scores(c, rj, run_dir / "scores.png",
                                                     f"{r.kind} reward model: held-out scores"))
+    policy = r.policy or (cfg.model.init_from if not isinstance(lm, RewardModel) else "")
+    if r.onpolicy_prompts and policy:
+        from camelid.checkpoint import load_model
+        from camelid.train.rm_checks import on_policy_report
+
+        report.update(on_policy_report(reward_fn(model, tok, max_len, t.micro_batch),
+                                       load_model(policy, dtype=torch.float32), tok, r.kind, r.onpolicy_prompts,
+                                       r.seed + 20_000, list(r.temperatures) or [r.temperature]))
     return ctx.finish(ctx.gathered(model), tok.model_path, report, name="rm_report.json")
 
 
