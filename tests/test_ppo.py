@@ -107,8 +107,9 @@ def test_ppo_raises_a_known_reward_with_bounded_kl(smoke_run, tmp_path):
     first, last = sum(r["reward"] for r in train[:3]) / 3, sum(r["reward"] for r in train[-3:]) / 3
     assert last > first + 0.1, (first, last)
     assert all(abs(r["kl"]) < 20 for r in train)  # the KL penalty keeps the policy near the reference
-    for key in ("clip_fraction", "ratio", "entropy", "response_length", "value_loss", "policy_loss"):
+    for key in ("clip_fraction", "ratio", "entropy", "response_length", "value_loss", "policy_loss", "gold"):
         assert key in train[-1]
+    assert all(0 <= r["gold"] <= 1 for r in train) and (tmp_path / "ppo" / "gold_vs_kl.png").exists()
     assert summary["iterations"] == 12 and (tmp_path / "ppo" / "model" / "tokenizer.model").exists()
     assert summary["heldout_kl"] > 0  # without held-out evaluations the result is the last policy, not the first
 
@@ -144,6 +145,11 @@ def test_rs_stage_raises_the_reward(smoke_run, tmp_path):
     assert len(h) == 2 and all(r["best_mean"] >= r["sample_mean"] for r in h)
     assert h[1]["pool_mean"] >= h[0]["pool_mean"] - 1e-6 or h[1]["pool_size"] > h[0]["pool_size"]
     assert (tmp_path / "rs" / "model" / "config.json").exists()
+    for r in h:  # the judges scored the same samples; curves for n = 1..K (tests/test_gold.py has them by hand)
+        assert r["best_of_n"]["n"] == [1, 2, 3, 4] and 0 <= r["gold_sample_mean"] <= 1
+        assert r["best_of_n"]["proxy_best"][-1] == pytest.approx(r["best_mean"], rel=1e-6)  # float64 vs float32 mean
+        assert r["gold_best_mean"] == r["best_of_n"]["gold_best"][-1]
+    assert (tmp_path / "rs" / "iter_2" / "best_of_n.png").exists()
     again = rejection_sampling(cfg, tmp_path / "rs", scorer=ShortAnswers())  # finished iterations are skipped
     assert again["history"] == h
 

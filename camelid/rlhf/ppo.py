@@ -30,11 +30,13 @@ from torch import nn
 from camelid.config import CheckpointConfig, ConfigError, LogConfig, StageConfig, TrainConfig, load_config
 from camelid.parallel.collectives import barrier
 from camelid.reward_model import RewardModel, whiten
+from camelid.rlhf.gold import gold_scores, plot_ppo_gold
 from camelid.rlhf.ppo_math import entropy, gae, group_whiten, kl_per_token, masked_whiten, penalized_rewards, \
     policy_loss, token_logprobs, value_loss
 from camelid.rlhf.rewards import Prompt, RewardScorer, load_prompts
 from camelid.rlhf.rollout import answer_batch, batch_positions, encode_prompts, heldout_shares, rows_of_share, \
     sample_seeds, sample_shares, score_shares, sequence_logprobs
+from camelid.runlog import read_metrics
 from camelid.train.loop import Trainer
 from camelid.train.metrics import MetricsLog
 from camelid.train.stage import RunContext, Stage, run_stage
@@ -230,6 +232,9 @@ def make_rollouts(ctx: RunContext, policy, ref, value, scorer: RewardScorer, tok
              "rollout_tokens_per_s": sum(map(len, outs)) / max(rollout_s, 1e-9)}  # all ranks together
     if scores["safety"] is not None:
         stats["reward_safety"] = scores["safety"].mean().item()
+    gold = gold_scores(prompts, texts)  # the judges' score of the same rollouts (None for prompts from a file)
+    if gold is not None:
+        stats["gold"] = gold.mean().item()
     policy.train(was_training)
     return batch, stats
 
@@ -373,6 +378,8 @@ def ppo_body(cfg: PPOConfig, ctx: RunContext, scorer=None) -> dict:
     trainer.fit(log=log, before_step=before_step, on_step=after_step, log_every=steps_per_iter)
     if trainer.stop_requested:  # fit() saves at its last step; an early stop ends before it
         trainer.save()
+    if ctx.is_main:  # proxy and gold reward against KL, one point per iteration of the whole run (resumes included)
+        plot_ppo_gold(read_metrics(run_dir), run_dir / "gold_vs_kl.png")
     # with held-out evaluations, the result is the best policy they saw (whole, on every rank); without, the last
     barrier()  # rank 0 has written best_dir
     final = load_model(best_dir, device=device, dtype=torch.float32) if p.eval_every else policy

@@ -24,6 +24,7 @@ import torch
 from camelid.config import CheckpointConfig, ConfigError, LogConfig, ModelConfig, StageConfig, TrainConfig, load_config
 from camelid.fsutil import atomic_write_json, atomic_write_text
 from camelid.parallel.collectives import barrier
+from camelid.rlhf.gold import iteration_gold, plot_best_of_n
 from camelid.rlhf.rewards import Prompt, RewardScorer, load_prompts
 from camelid.rlhf.rollout import encode_prompts, heldout_shares, sample_seeds, sample_shares, score_shares
 from camelid.train.sft import SFTConfig, SFTSection, sft, sft_train_defaults
@@ -183,6 +184,10 @@ def rs_body(cfg: RSConfig, ctx: RunContext, scorer=None) -> dict:
                "pool_mean": sum(v["score"] for v in pool.values()) / len(pool) if pool else float("nan"),
                "improved": improved, "heldout_reward": heldout(policy),
                "sampling_seconds": sampling_s}
+        # Gold-reward curves (Gao et al. 2022; Llama-2 Figure 7): the judges score the same samples.
+        row.update(iteration_gold(prompts, answers, scores))
+        if ctx.is_main:
+            plot_best_of_n(row["best_of_n"], it_dir / "best_of_n.png", title=f"rs iteration {it}")
         log.write({"step": it, **row})
         if ctx.is_main:
             atomic_write_json(it_dir / "iteration.json", row)  # written last: marks the iteration finished
