@@ -60,7 +60,7 @@ class RMSection:
     reference: bool = True  # proving ground: the reference answer is a candidate too
     policy: str = ""  # proving ground: sample the answers from this policy (default: the model trained from)
     per_task: int = 0  # proving ground: > 0 draws prompts task by task until each has this many pairs
-    max_prompts_per_task: int = 0  # with per_task: at most this many prompts of a task (0: 4 x per_task)
+    max_prompts_per_task: int = 0  # with per_task: at most this many prompts of a task (0: 2 x per_task)
     previous: str = ""  # JSONL pairs of earlier rounds, trained on with the new ones (Llama-2 keeps all)
     onpolicy_prompts: int = 240  # held-out prompts answered 4 times by the policy: accuracy_on_policy, shortcuts
     skip_bad: bool = False
@@ -290,8 +290,9 @@ def make_pairs(cfg: RMConfig, models: list, tokenizer, split: str) -> list[Prefe
     temps = list(r.temperatures) or [r.temperature]
     seed = r.seed if split == "train" else r.seed + 10_000
     if r.per_task:
-        per_task = r.per_task if split == "train" else max(8, r.per_task // 4)  # held out: a quarter
-        cap = r.max_prompts_per_task or 4 * r.per_task
+        share = 1 if split == "train" else 4  # held out: a quarter
+        per_task = max(8, r.per_task // share)
+        cap = max(16, (r.max_prompts_per_task or 2 * r.per_task) // share)
         return balanced_pairs(models, tokenizer, r.kind, split, per_task, cap, seed=seed, samples=r.samples,
                               temperatures=temps, reference=r.reference)
     n = r.prompts if split == "train" else r.val_prompts

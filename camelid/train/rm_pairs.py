@@ -109,19 +109,21 @@ def proving_ground_pairs(models: list, tokenizer, kind: str, split: str, n_promp
 
 
 def balanced_pairs(models: list, tokenizer, kind: str, split: str, per_task: int, max_prompts: int, seed: int = 0,
-                   samples: int = 2, temperatures=(1.0,), max_new_tokens: int = 48,
+                   samples: int = 2, temperatures=(1.0,), max_new_tokens: int = 32,
                    reference: bool = False) -> list[PreferencePair]:
     """About `per_task` pairs of every task (the safety RM: of harmful requests and of harmless ones together),
-    drawing prompts task by task in rounds until the task has its share or `max_prompts` prompts were drawn
-    for it. Each round asks a short task for as many prompts as it still needs pairs (at least 16), and all
-    of a round's prompts are answered in one batch."""
+    drawing prompts task by task in rounds until the task has its share, `max_prompts` prompts were drawn for
+    it, or a round of its prompts yielded no pair at all (the policy answers it one way only: the
+    preference is the reference's, or there is none to learn). Each round asks a short task for as many
+    prompts as it still needs pairs (at least 16), and all of a round's prompts are answered in one batch."""
     groups = {"harmful": ["safety"], "harmless": [t for t, v in TASKS.items() if v.kind == "helpful"]} \
         if kind == "safety" else {t: [t] for t in TASKS}
     got: dict[str, list[PreferencePair]] = {g: [] for g in groups}
     drawn = dict.fromkeys(groups, 0)
+    barren: set[str] = set()
     for rnd in range(1_000):
         want = {g: min(max(16, per_task - len(got[g])), max_prompts - drawn[g]) for g in groups
-                if len(got[g]) < per_task and drawn[g] < max_prompts}
+                if len(got[g]) < per_task and drawn[g] < max_prompts and g not in barren}
         if not want:
             break
         examples, owner = [], []
@@ -132,8 +134,10 @@ def balanced_pairs(models: list, tokenizer, kind: str, split: str, per_task: int
             drawn[g] += n
         cands = candidate_answers(models, tokenizer, examples, samples, list(temperatures), seed * 1_000 + rnd,
                                   max_new_tokens, reference)
+        before = {g: len(got[g]) for g in want}
         for g, ex, c in zip(owner, examples, cands):
             got[g] += rated_pairs([ex], [c], kind)
+        barren |= {g for g in want if len(got[g]) == before[g]}
     pairs = [p for g in groups for p in got[g][:per_task]]
     random.Random(seed).shuffle(pairs)
     return pairs
