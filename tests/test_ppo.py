@@ -132,6 +132,12 @@ def test_rejection_sampling_keeps_the_best_of_k():
     floor = {}
     assert update_pool(floor, prompts, [["x", "y", "z"], ["p", "q", "r"]], scores, 1, min_score=0.0) == 1
     assert [v["answer"] for v in floor.values()] == ["y"]
+    # with a gain over the prompt's mean: [0.1, 0.9, 0.5] has mean 0.5, best 0.9 (+0.4); [-1, -2, -0.5]: -1.167
+    # mean, best -0.5 (+0.667); a prompt whose answers all scored alike never enters
+    gain = {}
+    assert update_pool(gain, prompts, [["x", "y", "z"], ["p", "q", "r"]], scores, 1, min_gain=0.5) == 1
+    assert [v["answer"] for v in gain.values()] == ["r"]
+    assert update_pool({}, prompts[:1], [["x", "x", "x"]], torch.tensor([[0.3, 0.3, 0.3]]), 1, min_gain=0.0) == 0
 
 
 def test_rs_stage_raises_the_reward(smoke_run, tmp_path):

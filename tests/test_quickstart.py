@@ -7,17 +7,22 @@ def test_report_card_covers_every_stage(smoke_run):
     out, stdout = smoke_run
     card = json.loads((out / "report_card.json").read_text())
     names = [s["name"] for s in card["stages"]]
-    assert names == ["base", "sft", "rm", "rs", "ppo", "gatt"]
+    assert names == ["base", "sft", "rm", "rs", "rm-2", "rs-2", "ppo", "gatt"]  # two RLHF rounds
     for stage in card["stages"]:
         assert {"name", "accuracy", "refusal_rate", "reward", "kl", "gatt_adherence", "seconds"} <= set(stage)
     by = {s["name"]: s for s in card["stages"]}
     assert by["rm"]["accuracy"] is None and set(by["rm"]["rm_accuracy"]) == {"helpful", "safety"}
+    assert set(by["rm-2"]["rm_accuracy"]) == {"helpful"}  # round 2 retrains the helpfulness reward model only
+    report = json.loads((out / "rm-helpful-2" / "rm_report.json").read_text())
+    assert {"accuracy_on_policy", "shortcuts"} <= set(report)
+    for stage in ("rs", "rs-2", "ppo", "gatt"):  # paired with SFT on the same prompts
+        assert by[stage]["accuracy_vs_sft"]["n"] == card["n"]
     assert by["sft"]["kl"] == 0.0  # the SFT model against itself
-    assert all(by[n]["reward"] is not None for n in ("base", "sft", "rs", "ppo", "gatt"))
+    assert all(by[n]["reward"] is not None for n in ("base", "sft", "rs", "rs-2", "ppo", "gatt"))
     md = (out / "report_card.md").read_text()
     assert "| stage | accuracy |" in md and "| gatt |" in md
     assert "report card" in stdout
-    for d in ("rm-helpful", "rm-safety", "rs", "ppo", "gatt"):
+    for d in ("rm-helpful", "rm-safety", "rs", "rm-helpful-2", "rs-2", "ppo", "gatt"):
         assert (out / d / "model" / "config.json").exists(), d
     assert (out / "rm-helpful" / "rm_report.json").exists() and (out / "rm-helpful" / "scores.png").exists()
 

@@ -43,6 +43,7 @@ class RSSection:
     temperature: float = 1.2  # Llama-2: about 1.2-1.3 for K of 10-100
     max_new_tokens: int = 64
     min_reward: float | None = None  # keep a best answer only if its combined reward reaches this (None: always)
+    min_gain: float | None = None  # keep it only if it beats its prompt's mean reward by more (None: always)
     epochs: float = 1.0  # fine-tuning epochs over the pool, per iteration
     batch_size: int = 64  # packed sequences per optimizer step
     eval_n: int = 64
@@ -76,14 +77,22 @@ def best_of_k(scores: torch.Tensor) -> torch.Tensor:
 
 
 def update_pool(pool: dict, prompts: list[Prompt], answers: list[list[str]], scores: torch.Tensor,
-                iteration: int, min_score: float | None = None) -> int:
+                iteration: int, min_score: float | None = None, min_gain: float | None = None) -> int:
     """Keep, for every prompt, the best answer over all iterations (-inf scores never enter: answers cut
     off at max_new_tokens would teach the policy to stop mid-sentence). With `min_score`, a best answer
-    scoring below it does not enter either: the best of K bad answers is still a bad answer, and fine-tuning
-    on it teaches the policy the failure (the combined reward is a calibrated logit, so 0 means the reward
-    models give even odds that the answer is good). Returns how many prompts improved."""
+    scoring below it does not enter either (the combined reward is a calibrated logit: 0 means even odds that
+    the answer is good). With `min_gain`, a best answer enters only if it beats the mean of its prompt's
+    finished answers by more than that: a comparison within the prompt, the one thing a reward model that
+    ranks prompts by its own biases still gets right (a threshold across prompts kept 83 of 768 answers, most
+    of them the parity answer the reward model favours whatever the number, and fine-tuning on them took
+    parity from 80% to 31%). With min_gain 0, prompts whose answers all scored alike (K copies of one
+    answer) add nothing. Returns how many prompts improved."""
     if min_score is not None:
         scores = scores.masked_fill(scores < min_score, float("-inf"))
+    if min_gain is not None:
+        finite = scores.isfinite()
+        mean = scores.where(finite, 0.0).sum(1) / finite.sum(1).clamp(min=1)
+        scores = scores.masked_fill(scores <= (mean + min_gain)[:, None], float("-inf"))
     improved = 0
     for p, cands, s, b in zip(prompts, answers, scores, best_of_k(scores).tolist()):
         key = json.dumps(p.messages, sort_keys=True)
@@ -164,7 +173,7 @@ def rs_body(cfg: RSConfig, ctx: RunContext, scorer=None) -> dict:
         flat = score_shares(scorer, [p for p in prompts for _ in range(r.k)], [a for cands in answers for a in cands])
         raw = flat["combined"].view(len(prompts), r.k)
         scores = raw.masked_fill(torch.tensor(cut), float("-inf"))
-        improved = update_pool(pool, prompts, answers, scores, it, r.min_reward)  # the same pool on every rank
+        improved = update_pool(pool, prompts, answers, scores, it, r.min_reward, r.min_gain)  # same pool on every rank
         if ctx.is_main:
             write_pool(it_dir, pool)
         barrier()  # every rank's SFT reads sft.jsonl
