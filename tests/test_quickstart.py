@@ -64,7 +64,9 @@ def test_set_reaches_every_stage_by_name_or_group(tmp_path):
     assert (cfg["rm-helpful"].rm.kind, cfg["rm-safety"].rm.kind) == ("helpful", "safety")
     assert cfg["sft"].train.lr == 0.5 and cfg["gatt"].train.lr == 5e-4  # sft's setting stays in sft
     assert cfg["gatt"].sft.gatt == 3 and cfg["pretrain"].train.max_steps == 7
-    assert cfg["ppo"].model.init_from == str(tmp_path / "rs" / "model")
+    assert cfg["ppo"].model.init_from == str(tmp_path / "rs-2" / "model")  # round 2's policy
+    assert (cfg["rm-helpful-2"].rm.policy, cfg["rm-helpful-2"].rm.previous) == (
+        str(tmp_path / "rs" / "model"), str(tmp_path / "rm-helpful" / "pairs_train.jsonl"))
     with pytest.raises(ConfigError, match="name the stage first"):
         route_overrides(["train.lr=1"])
     with pytest.raises(ConfigError, match="sft.train.lrr: unknown key; did you mean sft.train.lr"):

@@ -44,7 +44,7 @@ def test_stages_after_sft_get_paired_differences_with_intervals(tmp_path):
     assert lines[4] == "| rm | – | – | – | – | – | – | – | – | 5s |"
     assert lines[5] == ("| rs | 75.0% | +50.0 [-6.6, +106.6] | 0.750 | +0.250 [-0.033, +0.533] | 100.0% | +0.250 "
                         "| 0.500 | 50.0% | 10s |")
-    assert "same 4 held-out prompts" in md and "reward models, held-out pair accuracy: helpful 75.0%" in md
+    assert "same 4 held-out prompts" in md and "reward models (rm), held-out pair accuracy: helpful 75.0%" in md
     assert render(card["stages"]) == md == (tmp_path / "report_card.md").read_text()
 
     prompts = load_per_prompt(tmp_path)

@@ -33,6 +33,7 @@ from camelid.fsutil import atomic_write_text
 from camelid.plot import save_figure
 from camelid.reward_model import MARGINS, RATINGS, RewardModel, ranking_loss
 from camelid.train.loop import Trainer
+from camelid.train.rm_checks import accuracy_by_rating, on_policy_report
 from camelid.train.rm_pairs import balanced_pairs, proving_ground_pairs
 from camelid.train.stage import RunContext, Stage, flag_overrides, run_stage, stage_config
 
@@ -184,17 +185,6 @@ def reward_fn(model, tokenizer, max_len: int, micro_batch: int):
             out.append(model(tokens.to(device), mask=mask.to(device)).float().cpu())
         return torch.cat(out) if out else torch.zeros(0)
     return score
-
-
-def accuracy_by_rating(chosen: torch.Tensor, rejected: torch.Tensor, pairs: list[PreferencePair]) -> dict:
-    """Llama-2 Table 8 layout: accuracy per rating level, and over all pairs ("average")."""
-    right = (chosen > rejected).float()
-    out = {}
-    for r in RATINGS:
-        sel = torch.tensor([p.rating == r for p in pairs])
-        out[r] = right[sel].mean().item() if sel.any() else None
-    out["average"] = right.mean().item() if len(right) else None
-    return out
 
 
 def fit_calibration(scores: torch.Tensor, labels: torch.Tensor, steps: int = 200) -> dict:
@@ -389,7 +379,6 @@ def rm_body(cfg: RMConfig, ctx: RunContext) -> dict:
     policy = r.policy or (cfg.model.init_from if not isinstance(lm, RewardModel) else "")
     if r.onpolicy_prompts and policy:
         from camelid.checkpoint import load_model
-        from camelid.train.rm_checks import on_policy_report
 
         report.update(on_policy_report(reward_fn(model, tok, max_len, t.micro_batch),
                                        load_model(policy, dtype=torch.float32), tok, r.kind, r.onpolicy_prompts,

@@ -16,7 +16,20 @@ import json
 
 import torch
 
+from camelid.data.preferences import PreferencePair
+from camelid.reward_model import RATINGS
 from camelid.train.rm_pairs import candidate_answers, judge_for, rated_pairs, rm_examples
+
+
+def accuracy_by_rating(chosen: torch.Tensor, rejected: torch.Tensor, pairs: list[PreferencePair]) -> dict:
+    """Llama-2 Table 8 layout: accuracy per rating level, and over all pairs ("average")."""
+    right = (chosen > rejected).float()
+    out = {}
+    for r in RATINGS:
+        sel = torch.tensor([p.rating == r for p in pairs])
+        out[r] = right[sel].mean().item() if sel.any() else None
+    out["average"] = right.mean().item() if len(right) else None
+    return out
 
 
 def ranks(xs: list[float]) -> list[float]:
@@ -60,8 +73,6 @@ def on_policy_report(score, policy, tokenizer, kind: str, n_prompts: int, seed: 
     """`score(prompts, answers) -> [n]` is the reward model; the policy answers n_prompts held-out prompts
     four times (temperatures alternating). Returns accuracy_on_policy (by rating, and "pairs" per rating) and
     the shortcut check."""
-    from camelid.train.reward import accuracy_by_rating
-
     examples = rm_examples(kind, "test", n_prompts, seed)
     cands = [list(dict.fromkeys(c)) for c in candidate_answers([policy], tokenizer, examples, 4, temperatures,
                                                                  seed, reference=False)]
