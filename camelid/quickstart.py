@@ -10,11 +10,14 @@ same pipeline as `camelid` commands; `--set STAGE.section.key=value` reaches any
     data/       token shards of the embedded mixture, with a held-out split per source
     pretrain/   a small LLaMA pre-trained from scratch (metrics, checkpoints, loss plot, final model)
     sft/        chat fine-tuning on the proving ground (camelid.tasks); held-out accuracy of base and SFT
-    rm-helpful/ rm-safety/   the two reward models, with their accuracy by rating (Llama-2 Table 8)
-    rs/         rejection-sampling fine-tuning on the combined reward
-    ppo/        PPO on the combined reward with a KL penalty to the SFT model
+    rm-helpful/ rm-safety/   round 1's reward models, with their accuracy by rating (Llama-2 Table 8) and on
+                the policy's own answers
+    rs/         round 1's rejection-sampling fine-tuning on the combined reward
+    rm-helpful-2/ rs-2/      round 2 (Llama-2's iterative RLHF): the helpfulness RM on new pairs of the round-1
+                policy's answers plus round 1's, then rejection sampling on it
+    ppo/        PPO on round 2's reward with a KL penalty to its starting policy
     gatt/       Ghost Attention fine-tuning of the PPO policy
-    report_card.md / .json   every stage measured the same way on held-out prompts
+    report_card.md / .json   every stage measured the same way on 540 held-out prompts, paired with SFT
 
 Under torchrun (`torchrun --nproc_per_node N -m camelid quickstart`) one process group spans the whole
 pipeline: every stage runs distributed (data split by rank, trained models sharded); the steps that
