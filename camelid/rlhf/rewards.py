@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from camelid.chat_format import encode_dialog_with_mask
+from camelid.chat_format import encode_reply
 from camelid.data.padding import pad_right
 from camelid.errors import CamelidError
 from camelid.fsutil import iter_jsonl
@@ -55,8 +55,7 @@ class RewardScorer:
         self.batch_size = batch_size
 
     def _encode(self, prompts: list[Prompt], answers: list[str]) -> list[list[int]]:
-        return [encode_dialog_with_mask(self.tok, p.messages + [{"role": "assistant", "content": a}])[0][-self.max_len:]
-                for p, a in zip(prompts, answers)]
+        return [encode_reply(self.tok, p.messages, a, self.max_len) for p, a in zip(prompts, answers)]
 
     def longest(self, prompts: list[Prompt], answers: list[str]) -> int:
         """The longest sequence of a batch as the reward models read it (see `score`'s pad_to)."""

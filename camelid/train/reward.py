@@ -99,13 +99,10 @@ def load_rm_config(path=None, overrides=None) -> RMConfig:
 # ------------------------------------------------------------------------------------------------------ data
 
 def encode_pair(tokenizer, pair: PreferencePair, max_len: int) -> tuple[list[int], list[int]]:
-    from camelid.chat_format import encode_dialog_with_mask
+    from camelid.chat_format import encode_reply
 
-    out = []
-    for answer in (pair.chosen, pair.rejected):
-        ids, _ = encode_dialog_with_mask(tokenizer, pair.prompt + [{"role": "assistant", "content": answer}])
-        out.append(ids[-max_len:])  # the score is read at the end: drop the oldest context first
-    return out[0], out[1]
+    return (encode_reply(tokenizer, pair.prompt, pair.chosen, max_len),
+            encode_reply(tokenizer, pair.prompt, pair.rejected, max_len))
 
 
 class PairData:
@@ -172,13 +169,12 @@ def score_pairs(model, data: PairData, micro_batch: int) -> tuple[torch.Tensor, 
 
 def reward_fn(model, tokenizer, max_len: int, micro_batch: int):
     """(dialogs, answers) -> [n] rewards of `model`, in batches (the sequences cut as in training)."""
-    from camelid.chat_format import encode_dialog_with_mask
+    from camelid.chat_format import encode_reply
 
     @torch.no_grad()
     def score(dialogs: list[list[dict]], answers: list[str]) -> torch.Tensor:
         device = next(model.parameters()).device
-        seqs = [encode_dialog_with_mask(tokenizer, d + [{"role": "assistant", "content": a}])[0][-max_len:]
-                for d, a in zip(dialogs, answers)]
+        seqs = [encode_reply(tokenizer, d, a, max_len) for d, a in zip(dialogs, answers)]
         out = []
         for i in range(0, len(seqs), micro_batch):
             tokens, mask = pad_right(seqs[i:i + micro_batch])
@@ -262,17 +258,24 @@ def plot_scores(chosen: torch.Tensor, rejected: torch.Tensor, out: Path, title: 
 
 # ----------------------------------------------------------------------------------------------------- stage
 
-def pair_models(cfg: RMConfig, lm) -> list:
-    """The models whose samples make proving-ground pairs: the policy (rm.policy, or the model trained from)
-    first, then the base model when given."""
+def pair_policy(cfg: RMConfig, lm):
+    """The policy whose answers make proving-ground pairs and the on-policy check: rm.policy, or the language
+    model the reward model starts from (RewardModel.from_lm copies its weights, so it stays unchanged)."""
     from camelid.checkpoint import load_model
 
     r = cfg.rm
     if not r.policy and isinstance(lm, RewardModel):
         raise ConfigError(f"rm.policy: {cfg.model.init_from} is a reward model, which cannot answer prompts; pass the "
                           f"policy whose answers make the pairs (--set rm.policy=CKPT)")
-    policy = load_model(r.policy, dtype=torch.float32) if r.policy else lm
-    return [policy] + ([load_model(r.base_model, dtype=torch.float32)] if r.base_model else [])
+    return load_model(r.policy, dtype=torch.float32) if r.policy else lm
+
+
+def pair_models(cfg: RMConfig, lm) -> list:
+    """The models whose samples make proving-ground pairs: the policy first, then the base model when given."""
+    from camelid.checkpoint import load_model
+
+    base = cfg.rm.base_model
+    return [pair_policy(cfg, lm)] + ([load_model(base, dtype=torch.float32)] if base else [])
 
 
 def make_pairs(cfg: RMConfig, models: list, tokenizer, split: str) -> list[PreferencePair]:
@@ -376,13 +379,10 @@ def rm_body(cfg: RMConfig, ctx: RunContext) -> dict:
         if ctx.is_main:
             report["scores_plot"] = str(plot_scores(c, rj, run_dir / "scores.png",
                                                     f"{r.kind} reward model: held-out scores"))
-    policy = r.policy or (cfg.model.init_from if not isinstance(lm, RewardModel) else "")
-    if r.onpolicy_prompts and policy:
-        from camelid.checkpoint import load_model
-
-        report.update(on_policy_report(reward_fn(model, tok, max_len, t.micro_batch),
-                                       load_model(policy, dtype=torch.float32), tok, r.kind, r.onpolicy_prompts,
-                                       r.seed + 20_000, list(r.temperatures) or [r.temperature]))
+    if r.onpolicy_prompts and (r.policy or not isinstance(lm, RewardModel)):
+        report.update(on_policy_report(reward_fn(model, tok, max_len, t.micro_batch), pair_policy(cfg, lm), tok,
+                                       r.kind, r.onpolicy_prompts, r.seed + 20_000,
+                                       list(r.temperatures) or [r.temperature]))
     return ctx.finish(ctx.gathered(model), tok.model_path, report, name="rm_report.json")
 
 
