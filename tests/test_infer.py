@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from camelid.infer import Engine, Request, SamplingParams, generate, stream
-from camelid.infer.engine import decode, prefill
+from camelid.infer.engine import decode, prefill, similar_length_runs
 from camelid.infer.packing import build_inference_model, inference_model
 from camelid.infer.sampling import filtered_probs, sample
 from camelid.model import KVCache, Transformer
@@ -116,6 +116,14 @@ def test_batched_rows_equal_each_alone_and_dedup():
     alone = [generate(model, [p], 20, stop_ids=None)[0] for p in prompts]
     assert together[:3] == alone and together[3] == together[4] == alone[0]
     assert generate(model, prompts, 20, stop_ids=None, max_batch=2) == alone
+
+
+def test_prefill_runs_of_similar_length():
+    # a run ends where padding to the next prompt's length would exceed a quarter of the run's real tokens
+    assert similar_length_runs([5, 5, 6, 20, 21, 100]) == [range(0, 3), range(3, 5), range(5, 6)]
+    assert similar_length_runs([7] * 50) == [range(0, 50)]
+    assert similar_length_runs([1, 2], padding=0.0) == [range(0, 1), range(1, 2)]
+    assert similar_length_runs([3]) == [range(0, 1)]
 
 
 def test_continuous_batching_new_request_joins_running_batch():

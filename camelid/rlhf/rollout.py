@@ -41,10 +41,9 @@ def sample_answers(model, prompt_ids: list[list[int]], max_new_tokens: int, temp
         return []
     eng = Engine(model.eval(), max_batch=min(len(prompt_ids), max_batch), seed=0)
     sp = SamplingParams(temperature=temperature)
-    reqs = [eng.add(Request(list(p), max_new_tokens, sp, (eos_id,), seed=None if seeds is None else seeds[i]))
+    reqs = [Request(list(p), max_new_tokens, sp, (eos_id,), seed=None if seeds is None else seeds[i])
             for i, p in enumerate(prompt_ids)]
-    eng.run()
-    return [r.tokens for r in reqs]
+    return [r.tokens for r in eng.run_batch(reqs)]
 
 
 def sample_shares(ctx, policy, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float, eos_id: int,
