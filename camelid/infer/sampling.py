@@ -6,9 +6,11 @@ by the temperature, then the top-k most likely tokens are kept, then the smalles
 likely tokens whose probability reaches top-p (Meta's rule: a token is dropped when the probability of
 the tokens before it already exceeds top-p). A row with temperature 0 is greedy (argmax).
 
-Drawing uses the "exponential race": token = argmax(p_i / E_i) with E_i ~ Exp(1) is an exact sample
-from p (no renormalisation needed). The noise is drawn over the whole vocabulary in vocabulary order,
-so a row with its own seeded generator gets the same tokens whatever else shares its batch.
+Drawing inverts the cumulative distribution: one uniform u per row, scaled by the row's kept mass (no
+renormalisation needed), picks the first token whose cumulative probability exceeds it. A row with its
+own seeded generator draws its u from it, so it gets the same tokens whatever else shares its batch. One
+number per row is cheap; an "exponential race" (argmax of p_i / E_i) drew a number per vocabulary entry,
+which on a CPU cost more than the quickstart model's whole decode step at 128 rows.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def sample(logits: torch.Tensor, temperature, top_p, top_k, generator: torch.Gen
     """Next tokens [n] (int64) from logits [n, V].
 
     temperature, top_p, top_k: per-row tensors [n] (or Python scalars for the whole batch).
-    generator: draws the noise of every row; row_generators: {row: generator} for rows with their own seed.
+    generator: draws the uniform of every row; row_generators: {row: generator} for rows with their own seed.
     """
     n, V = logits.shape
     dev = logits.device
@@ -89,8 +91,11 @@ def sample(logits: torch.Tensor, temperature, top_p, top_k, generator: torch.Gen
     if bool(greedy.all()):
         return greedy_tok
     probs = filtered_probs(logits, temperature, per_row(top_p, torch.float32), per_row(top_k, torch.int64))
-    noise = torch.empty_like(probs).exponential_(generator=generator)
+    cdf = probs.cumsum(-1)
+    u = torch.rand(n, generator=generator, device=dev)
     for row, g in (row_generators or {}).items():
-        noise[row].exponential_(generator=g)
-    drawn = (probs / noise).argmax(-1)
+        u[row] = torch.rand((), generator=g, device=dev)
+    total = cdf[:, -1]
+    target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))  # u * total may round up to total
+    drawn = torch.searchsorted(cdf, target.unsqueeze(1), right=True).squeeze(1)
     return torch.where(greedy, greedy_tok, drawn)
