@@ -21,6 +21,9 @@ A batch-1 step has to read every weight matrix once, so bytes/token x tokens/s a
 measured at the model's own size (summing a tensor of that many bytes) says how close an engine gets to
 the machine's limit. Prints a Markdown table, one row per engine (and `--json FILE` writes the numbers).
 
+`--temperature T` times rollouts as rejection sampling and PPO draw them: camelid's engines sample at T
+(the peers stay greedy, and the greedy-token check is left out).
+
 `--legacy REV` also times camelid/infer/engine.py as it was at git revision REV (read with `git show`,
 imported as a module of its own). aceefde is the last engine with its own forward pass (before the
 engine ran model.py's modules).
@@ -186,8 +189,10 @@ def bench_one(name, dtype_name, batch, args) -> list[dict]:
             def cb(i, t):  # every row gets a token each step; row 0's marks the step
                 if i == 0:
                     tick()
-            return gen(model, prompts, n, stop_ids=None, callback=cb if tick else None)
+            return gen(model, prompts, n, stop_ids=None, callback=cb if tick else None, **sampling)
         return run
+
+    sampling = dict(temperature=args.temperature, seed=0) if args.temperature else {}
 
     ours = with_engine(functools.partial(generate, compile=args.compile))
     if args.compile:  # the compiled step is camelid here; the eager engine becomes a peer
@@ -195,7 +200,7 @@ def bench_one(name, dtype_name, batch, args) -> list[dict]:
     if args.legacy:
         peers[f"camelid@{args.legacy}"] = with_engine(engine_at(args.legacy).generate)
     rates = decode_rates({"camelid": ours, **peers}, batch, args.new_tokens, args.repeats)
-    reference = ours(16)
+    reference = None if sampling else ours(16)
     if not args.no_hf:
         # transformers is slow at batch 1: timed on its own, with fewer tokens (its rate does not change)
         hf = hf_contestant(model, prompts, dtype, compiled=args.compile)
@@ -206,13 +211,14 @@ def bench_one(name, dtype_name, batch, args) -> list[dict]:
     mb = (weight_bytes_per_token(margs, dtype) + kv_bytes_per_token(margs, dtype) *
           (args.prompt_len + args.new_tokens / 2)) / 1e6
     bw = read_bandwidth(weight_bytes_per_token(margs, dtype) / 2**30, device=args.device) if batch == 1 else None
-    rows = []
+    rows, nan = [], float("nan")
     for engine in ["camelid", *peers]:
         best = max(r[engine] for r in rates)
         row = dict(config=name, dtype=dtype_name, batch=batch, engine=engine, tok_s=best, mb_per_token=mb,
                    camelid_over=statistics.median(r["camelid"] / r[engine] for r in rates),
                    # same weights, same greedy tokens (a random model's near-ties may flip late ones in bf16)
-                   same_tokens=1.0 if engine == "camelid" else same_fraction(reference, peers[engine](16), 16),
+                   same_tokens=nan if sampling else 1.0 if engine == "camelid"
+                   else same_fraction(reference, peers[engine](16), 16),
                    repeats=[r[engine] for r in rates])
         if bw:
             row.update(gb_s=mb * best / 1e3, read_bw_gb_s=bw, of_read_bw=mb * best / 1e3 / bw)
@@ -238,6 +244,9 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true",
                    help="camelid decodes with its compiled step (Engine(compile=True)), its eager engine is a peer, "
                         "and transformers runs with a static cache and a compiled forward")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="camelid's engines sample at this temperature from a seeded generator, as rejection sampling "
+                        "and PPO roll out (default 0: greedy; the peers stay greedy)")
     p.add_argument("--quick", action="store_true", help="reference config, 32 new tokens")
     p.add_argument("--json", default=None, help="write the rows here")
     args = p.parse_args(argv)
@@ -257,7 +266,8 @@ def main(argv=None):
     peers = f", llama-cpp-python {llamacpp.version()}" if args.llama_cpp else ""
     print(f"# decode benchmark: torch {torch.__version__}, transformers {transformers.__version__}{peers}, "
           f"{torch.get_num_threads()} threads, {cpu_name()}, prompt {args.prompt_len} tokens, "
-          f"{args.new_tokens} new tokens, best of {args.repeats} (camelid / engine: median of the per-repeat ratios)")
+          f"{args.new_tokens} new tokens, best of {args.repeats} (camelid / engine: median of the per-repeat ratios)"
+          + (f", camelid sampling at temperature {args.temperature}" if args.temperature else ""))
     print("| config | dtype | batch | engine | tok/s | camelid / engine | same greedy tokens | MB/token | GB/s | "
           "read bw at this size | of read bw |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -273,7 +283,7 @@ def main(argv=None):
                           f"{r.get('read_bw_gb_s', nan):.1f} | {r.get('of_read_bw', nan):.0%} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(threads=torch.get_num_threads(), legacy=args.legacy, cpu=cpu_name(), torch=torch.__version__,
+            json.dump(dict(threads=torch.get_num_threads(), legacy=args.legacy, temperature=args.temperature, cpu=cpu_name(), torch=torch.__version__,
                            new_tokens=args.new_tokens, prompt_len=args.prompt_len, repeats=args.repeats, rows=rows),
                       f, indent=1)
     shutil.rmtree(args.workdir, ignore_errors=True)

@@ -214,7 +214,17 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     [B, 1, 1, S] or None. The query heads that share a kv head ride along as the query-length axis of
     one SDPA call, so each cached key and value is read once instead of being expanded per head."""
     B, H, _, D = q.shape
-    out = F.scaled_dot_product_attention(q.view(B, k.shape[1], -1, D), k, v, attn_mask=mask)
+    q = q.view(B, k.shape[1], -1, D)  # [B, H_kv, groups, D]
+    if torch.compiler.is_compiling():
+        # compiled (infer/compiled.py), these products and sums become fused loops that read each cached key and
+        # value once; SDPA's CPU kernel, a call per row and head, took more time than the step's matmuls at 64
+        # rows in bf16 (compiled step 1.3x faster this way at 64 rows, 1.1x at 16; fp32 unchanged)
+        scores = (q.unsqueeze(3).float() * k.unsqueeze(2).float()).sum(-1) * D**-0.5  # [B, H_kv, groups, S]
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        out = (torch.softmax(scores, -1).unsqueeze(-1) * v.unsqueeze(2).float()).sum(-2).to(q.dtype)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out.view(B, H, 1, D)
 
 

@@ -47,6 +47,23 @@ def test_slot_cache_step_gives_the_engines_logits():
             torch.testing.assert_close(k_got[row, :, :n], k_want[row, :, :n])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_decode_attention_is_sdpas(monkeypatch, dtype):
+    """The form of decode attention that a compiled step traces (sums of products) equals SDPA's, with grouped
+    query heads and a key mask that hides a different tail in each row."""
+    from camelid import model as model_py
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(shape, generator=g).to(dtype) for shape in ((3, 8, 1, 16), (3, 2, 7, 16), (3, 2, 7, 16)))
+    mask = (torch.arange(7) <= torch.tensor([6, 2, 4])[:, None]).view(3, 1, 1, 7)
+    want = model_py.decode_attention(q, k, v, mask)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    got = model_py.decode_attention(q, k, v, mask)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(got, want, **tol)
+    assert got.dtype == dtype and got.shape == (3, 8, 1, 16)
+
+
 def test_fused_twin_gives_the_models_logits():
     model = tiny_model()
     x = torch.tensor(prompts_for(model, [7, 7]))
