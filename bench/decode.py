@@ -24,8 +24,8 @@ the machine's limit. Prints a Markdown table, one row per engine (and `--json FI
 `--temperature T` times rollouts as rejection sampling and PPO draw them: camelid's engines sample at T
 (the peers stay greedy, and the greedy-token check is left out).
 
-`--legacy REV` also times camelid/infer/engine.py as it was at git revision REV (read with `git show`,
-imported as a module of its own). aceefde is the last engine with its own forward pass (before the
+`--legacy REV` also times camelid/infer/engine.py as it was at git revision REV, with that revision's
+sampler (read with `git show`, imported as modules of their own). aceefde is the last engine with its own forward pass (before the
 engine ran model.py's modules).
 """
 
@@ -81,14 +81,21 @@ def hf_model(model: Transformer):
     return to_hf_model(model.state_dict(), model.args, pad_token_id=0).eval()
 
 
-def engine_at(rev: str) -> types.ModuleType:
-    """camelid/infer/engine.py as it was at git revision `rev`, as a module of its own."""
+def module_at(rev: str, path: str) -> types.ModuleType:
+    """The file `path` of git revision `rev`, as a module of its own (its imports are today's)."""
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-    src = subprocess.check_output(["git", "-C", root, "show", f"{rev}:camelid/infer/engine.py"], text=True)
-    mod = types.ModuleType(f"camelid_engine_{rev}")
+    src = subprocess.check_output(["git", "-C", root, "show", f"{rev}:{path}"], text=True)
+    mod = types.ModuleType(f"camelid_{Path(path).stem}_{rev}")
     sys.modules[mod.__name__] = mod  # dataclasses look their module up there
-    exec(compile(src, f"{rev}:camelid/infer/engine.py", "exec"), mod.__dict__)
+    exec(compile(src, f"{rev}:{path}", "exec"), mod.__dict__)
     return mod
+
+
+def engine_at(rev: str) -> types.ModuleType:
+    """camelid/infer/engine.py as it was at git revision `rev`, with the sampler of that revision."""
+    engine, sampling = module_at(rev, "camelid/infer/engine.py"), module_at(rev, "camelid/infer/sampling.py")
+    engine.sample, engine.SamplingParams = sampling.sample, sampling.SamplingParams  # read when called
+    return engine
 
 
 def decode_rates(runs: dict, batch, new, repeats) -> list[dict]:

@@ -65,7 +65,7 @@ def test_generation_runs_through_the_model_modules(monkeypatch):
     rotary = model_module.apply_rotary
     monkeypatch.setattr(model_module, "apply_rotary", lambda *a: calls.update(["rotary"]) or rotary(*a))
     steps, L = 6, model.args.n_layers
-    out = generate(model, prompts_for(model, [4, 7]), steps, stop_ids=None)
+    out = generate(model, prompts_for(model, [6, 7]), steps, stop_ids=None)  # similar lengths: one prefill
     assert inference_model(model) is twin and len(out[0]) == steps
     rotations = 1 if twin.layers[0].attention.wqkv is not None else 2  # fused: q and k heads rotate together
     assert calls == {"TransformerBlock": L * steps, "Attention": L * steps, "FeedForward": L * steps,
