@@ -60,8 +60,8 @@ def decode(model, cache: KVCache, tokens: torch.Tensor) -> torch.Tensor:
 def similar_length_runs(lengths: list[int], padding: float = 0.25) -> list[range]:
     """Split ascending prompt lengths into consecutive runs, each right-padded to its longest with at most
     `padding` x its real tokens of padding. One prefill padded to the longest of a mixed batch wastes most of
-    its work: the 540 held-out proving-ground prompts (mean 36 tokens, longest 117) in batches of 128 were
-    prefilled 3x slower than sorted."""
+    its work: the 540 held-out proving-ground prompts (mean 36 tokens, longest 117) in admissions of up to 128
+    were generated in 3.9 s padded to each admission's longest, in 1.4 s in runs."""
     runs, start, real = [], 0, 0
     for i, n in enumerate(lengths):
         if i > start and (i - start + 1) * n > (1 + padding) * (real + n):
