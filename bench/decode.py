@@ -25,8 +25,8 @@ the machine's limit. Prints a Markdown table, one row per engine (and `--json FI
 (the peers stay greedy, and the greedy-token check is left out).
 
 `--legacy REV` also times camelid/infer/engine.py as it was at git revision REV, with that revision's
-sampler (read with `git show`, imported as modules of their own). aceefde is the last engine with its own forward pass (before the
-engine ran model.py's modules).
+sampler (read with `git show`, imported as modules of their own). aceefde is the last engine with its own
+forward pass (before the engine ran model.py's modules).
 """
 
 from __future__ import annotations
@@ -290,8 +290,8 @@ def main(argv=None):
                           f"{r.get('read_bw_gb_s', nan):.1f} | {r.get('of_read_bw', nan):.0%} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(threads=torch.get_num_threads(), legacy=args.legacy, temperature=args.temperature, cpu=cpu_name(), torch=torch.__version__,
-                           new_tokens=args.new_tokens, prompt_len=args.prompt_len, repeats=args.repeats, rows=rows),
+            json.dump(dict(threads=torch.get_num_threads(), legacy=args.legacy, temperature=args.temperature,
+                           cpu=cpu_name(), torch=torch.__version__, new_tokens=args.new_tokens, prompt_len=args.prompt_len, repeats=args.repeats, rows=rows),
                       f, indent=1)
     shutil.rmtree(args.workdir, ignore_errors=True)
 

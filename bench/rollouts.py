@@ -43,8 +43,9 @@ from camelid.tasks import make_dialogs  # noqa: E402
 
 def rollout_prompts(n: int, k: int, max_len: int) -> list[list[int]]:
     """n proving-ground prompts in the chat format, each k times in a row (as RS and PPO ask for K samples)."""
-    tok = stage_tokenizer(Path(tempfile.mkdtemp(prefix="camelid-rollouts-")), VOCAB_SIZE, max_lines=None)
-    prompts = [encode_dialog(tok, ex.messages)[-max_len:] for ex in make_dialogs("train", n, seed=0)]
+    with tempfile.TemporaryDirectory(prefix="camelid-rollouts-") as workdir:
+        tok = stage_tokenizer(Path(workdir), VOCAB_SIZE, max_lines=None)
+        prompts = [encode_dialog(tok, ex.messages)[-max_len:] for ex in make_dialogs("train", n, seed=0)]
     return [p for p in prompts for _ in range(k)]
 
 
@@ -112,8 +113,9 @@ def main(argv=None):
                           flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(cpu=cpu_name(), torch=torch.__version__, threads=torch.get_num_threads(), legacy=args.legacy, base=base,
-                           prompts=args.prompts, k=args.k, new_tokens=args.new_tokens, temperature=args.temperature,
+            json.dump(dict(cpu=cpu_name(), torch=torch.__version__, threads=torch.get_num_threads(), legacy=args.legacy,
+                           base=base, prompts=args.prompts, k=args.k, new_tokens=args.new_tokens,
+                           temperature=args.temperature,
                            repeats=args.repeats, rows=rows), f, indent=1)
 
 

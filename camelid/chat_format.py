@@ -122,11 +122,11 @@ def encode_dialog_with_mask(tokenizer, messages, last_turn_only: bool = False) -
     return ids, mask
 
 
-
 def encode_reply(tokenizer, messages: list[dict], answer: str, max_len: int) -> list[int]:
     """Token ids of `messages` answered by `answer`, as a reward model reads them: its score is read at the
     end, so a dialog longer than max_len loses its oldest tokens first."""
     return encode_dialog_with_mask(tokenizer, messages + [{"role": "assistant", "content": answer}])[0][-max_len:]
 
-__all__ = ["encode_dialog", "encode_dialog_with_mask", "encode_reply", "normalize_dialog", "ChatFormatError", "SPECIAL_TAGS",
-           "UNSAFE_ERROR", "CHAT_TEMPERATURE", "CHAT_TOP_P", "B_INST", "E_INST", "B_SYS", "E_SYS"]
+
+__all__ = ["encode_dialog", "encode_dialog_with_mask", "encode_reply", "normalize_dialog", "ChatFormatError",
+           "SPECIAL_TAGS", "UNSAFE_ERROR", "CHAT_TEMPERATURE", "CHAT_TOP_P", "B_INST", "E_INST", "B_SYS", "E_SYS"]

@@ -96,6 +96,7 @@ def sample(logits: torch.Tensor, temperature, top_p, top_k, generator: torch.Gen
     for row, g in (row_generators or {}).items():
         u[row] = torch.rand((), generator=g, device=dev)
     total = cdf[:, -1]
-    target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))  # u * total may round up to total
+    # u * total may round up to total, past the last token with any mass
+    target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
     drawn = torch.searchsorted(cdf, target.unsqueeze(1), right=True).squeeze(1)
     return torch.where(greedy, greedy_tok, drawn)
