@@ -55,7 +55,7 @@ def run_stage_cli(smoke_run, stage, out, nproc=1, steps=4, resume=False):
                       "--set", "log.progress=false", "--set", "checkpoint.every=2"] \
         + (["--resume"] if resume and stage != "rs" else [])  # rs always continues after its finished iterations
     r = subprocess.run(cmd, env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout[-2000:]}\nstderr:\n{r.stderr[-4000:]}"
     done = [ln for ln in r.stdout.splitlines() if ln.startswith(DONE)]
     assert len(done) == 1, r.stdout  # rank 0 speaks for all ranks
     return read_rows(out / "metrics.jsonl")
@@ -136,7 +136,7 @@ def test_quickstart_smoke_on_two_ranks_gives_the_one_process_report_card(smoke_r
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         "-m", "camelid", "quickstart", "--smoke", "--out", str(out)],
                        env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout[-2000:]}\nstderr:\n{r.stderr[-4000:]}"
     assert r.stdout.count(". report card:") == 1 and r.stdout.count("== done in") == 1  # rank 0 alone speaks
     got, want = (json.loads((d / "report_card.json").read_text())["stages"] for d in (out, smoke_run[0]))
     assert [s["name"] for s in got] == [s["name"] for s in want]

@@ -11,6 +11,7 @@ are instant.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import os
 import sys
@@ -103,4 +104,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"camelid {name}: error: this command needs {e.name}, which is not installed: "
               f"pip install 'camelid[{extra}]'", file=sys.stderr)
         code = 2
-    sys.exit(code or 0)
+    _exit(code or 0)
+
+
+def _exit(code: int) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under torchrun, gloo's worker threads may drop their last collective's tensors only while the
+        # interpreter shuts down; Python ends a thread that then takes the GIL with pthread_exit, whose unwinding
+        # aborts the finished process ("terminate called without an active exception", seen once in CI). So a
+        # rank runs the exit handlers and flushes itself, then leaves without the interpreter's teardown.
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
