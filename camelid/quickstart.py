@@ -50,7 +50,7 @@ SMOKE = {  # every stage at toy size: proves the pipeline works in seconds (the 
     "rm": ["rm.prompts=24", "rm.val_prompts=16", "rm.samples=1", "rm.batch_pairs=16", "rm.epochs=1",
            "rm.max_len=96", "train.micro_batch=8", "rm.onpolicy_prompts=10"],
     "rs": ["rs.prompts_per_iteration=16", "rs.k=2", "rs.max_new_tokens=8", "rs.eval_n=8", "rs.batch_size=8",
-           "train.micro_batch=4"],
+           "rs.epochs=4", "train.micro_batch=4"],
     "ppo": ["ppo.iterations=2", "ppo.rollout_batch=16", "ppo.minibatch=8", "ppo.max_new_tokens=8",
             "ppo.eval_every=1", "ppo.eval_n=8", "train.micro_batch=4"],
     "gatt": ["sft.dialogs=120", "sft.instruction_dialogs=16", "sft.gatt=16", "sft.batch_size=8", "train.micro_batch=4",

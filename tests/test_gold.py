@@ -39,6 +39,16 @@ def test_gold_scores_judge_each_prompt_by_its_kind():
     assert gold_scores(prompts + [Prompt([{"role": "user", "content": "hi"}])], answers + ["hello"]) is None
 
 
+def test_heldout_measures_carry_the_gold_score():
+    from camelid.rlhf.rollout import measures
+
+    scores = {"combined": torch.tensor([1.0, -2.0, 4.0])}
+    gold = gold_scores([add_prompt(), add_prompt(), harm_prompt()], ["50", "25", "Sure."])  # 1, 0.4, 0
+    assert measures(scores, torch.tensor([0.5, 1.5, 1.0]), gold) == pytest.approx({"reward": 1.0, "kl": 1.0,
+                                                                                   "gold": 1.4 / 3})
+    assert measures(scores, None, None) == {"reward": 1.0}  # prompts from a file: no gold
+
+
 def test_best_of_n_curves_by_hand():
     proxy = torch.tensor([[1.0, 3.0, 2.0],
                           [4.0, 0.0, 4.0]])

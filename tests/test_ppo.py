@@ -188,3 +188,48 @@ def test_ppo_resumes_from_its_last_iteration(smoke_run, tmp_path):
     rows = lambda d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert [r["iteration"] for r in rows("a")] == [1, 2, 3]
     assert [r["reward"] for r in rows("a")] == [r["reward"] for r in rows("b")]  # the resumed run is the same run
+
+
+def test_gold_selection_prompts_are_validation_dialogs_not_rollouts_or_test():
+    from camelid.rlhf.ppo import PPOSection, heldout_prompts
+    from camelid.rlhf.rewards import load_prompts
+    from camelid.tasks import make_dialogs
+
+    train = load_prompts("proving-ground", "train", n=600, seed=17)
+    gold = heldout_prompts(PPOSection(select="gold", eval_n=150), train)
+    assert len(gold) == 150 and all(p.example is not None for p in gold)
+    assert not {repr(p.messages) for p in gold} & {repr(p.messages) for p in train}  # no rollout prompt
+    # every validation question is one of the train split's (its items), none of the test split's
+    train_q = {ex.messages[-1]["content"] for ex in make_dialogs("train", 6000, seed=1)}
+    test_q = {ex.messages[-1]["content"] for ex in make_dialogs("test", 6000, seed=1)}
+    assert all(p.messages[-1]["content"] not in test_q for p in gold)
+    assert sum(p.messages[-1]["content"] in train_q for p in gold) > 100
+    by_reward = heldout_prompts(PPOSection(select="reward", eval_n=40), train)
+    assert [p.messages for p in by_reward] == [p.messages for p in load_prompts("proving-ground", "test", 40, 1)]
+
+
+def test_ppo_keeps_the_policy_the_judges_score_best(smoke_run, tmp_path):
+    from camelid.rlhf.ppo import load_ppo_config, ppo
+
+    cfg = load_ppo_config(None, [
+        f"model.init_from={smoke_run[0] / 'sft' / 'model'}", "ppo.iterations=4", "ppo.rollout_batch=16",
+        "ppo.minibatch=8", "ppo.group_size=4", "ppo.max_new_tokens=12", "ppo.eval_every=1", "ppo.eval_n=24",
+        "ppo.patience=0", "ppo.select=gold", "train.lr=3e-3", "train.micro_batch=8", "log.progress=false"])
+    summary = ppo(cfg, tmp_path / "ppo", scorer=ShortAnswers())
+    val = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in val if r.get("split") == "val"]
+    assert [r["iteration"] for r in val] == [0, 1, 2, 3, 4]
+    golds = [r["gold"] for r in val]
+    best = golds.index(max(golds))  # the first of equals: a later policy must do better to be kept
+    assert summary["selected_by"] == "gold" and summary["best_iteration"] == best
+    assert summary["heldout_gold"] == golds[best]  # the kept policy answers as it did when it was chosen
+
+
+def test_gold_selection_needs_the_proving_ground(tmp_path):
+    from camelid.config import ConfigError
+    from camelid.rlhf.ppo import load_ppo_config
+
+    with pytest.raises(ConfigError, match="ppo.select"):
+        load_ppo_config(None, ["ppo.select=judges"])
+    with pytest.raises(ConfigError, match="proving-ground"):
+        load_ppo_config(None, ["ppo.select=gold", f"ppo.prompts={tmp_path / 'p.jsonl'}"])

@@ -65,7 +65,8 @@ def run_ppo(args) -> int:
     cfg = policy_config(PPO, args, args.resume)
     summary = train_ppo(cfg, args.out, resume=args.resume)
     print(json.dumps(summary, indent=2))
-    print(f"policy: {Path(args.out) / 'model'} (best held-out reward, iteration {summary['best_iteration']})")
+    chosen = summary.get("selected_by", "reward")
+    print(f"policy: {Path(args.out) / 'model'} (best held-out {chosen}, iteration {summary['best_iteration']})")
     return 0
 
 

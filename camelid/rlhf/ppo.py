@@ -65,7 +65,11 @@ class PPOSection:
     eval_every: int = 5  # iterations between held-out evaluations (early stopping)
     eval_n: int = 128
     patience: int = 4  # evaluations without a gain of min_delta before stopping (0: never stop early)
-    min_delta: float = 0.0  # held-out reward gain that counts as an improvement
+    min_delta: float = 0.0  # held-out gain (of `select`) that counts as an improvement
+    # What picks the best policy and stops early: "reward", the combined reward on held-out prompts, or "gold",
+    # the proving-ground judges' score (Gao et al.'s gold reward) on validation prompts: dialogs of the train
+    # split's items that PPO does not roll out on, so choosing by gold never looks at the test split.
+    select: str = "reward"
     save_every: int = 1  # iterations between checkpoints (resume continues from the newest)
     seed: int = 0
 
@@ -86,6 +90,11 @@ class PPOConfig(StageConfig):
             raise ConfigError(f"ppo.group_size: {p.group_size} must be >= 1 and divide ppo.rollout_batch {p.rollout_batch}")
         if p.rollout_batch % p.minibatch:
             raise ConfigError(f"ppo.rollout_batch: {p.rollout_batch} is not a multiple of ppo.minibatch {p.minibatch}")
+        if p.select not in ("reward", "gold"):
+            raise ConfigError(f"ppo.select: {p.select!r} is neither 'reward' nor 'gold'")
+        if p.select == "gold" and (p.prompts != "proving-ground" or p.eval_prompts):
+            raise ConfigError("ppo.select: 'gold' judges answers with the proving ground's judges, so it needs "
+                              "ppo.prompts = 'proving-ground' and no ppo.eval_prompts file; use 'reward'")
         if p.minibatch % self.train.micro_batch:
             raise ConfigError(f"ppo.minibatch: {p.minibatch} is not a multiple of train.micro_batch "
                               f"{self.train.micro_batch}")
@@ -250,6 +259,17 @@ def frozen(model, dtype=None):
     return model.to(dtype) if dtype is not None else model
 
 
+def heldout_prompts(p: PPOSection, train_prompts: list[Prompt]) -> list[Prompt]:
+    """The prompts of the held-out evaluations. Choosing by reward: the test split (or ppo.eval_prompts).
+    Choosing by gold: validation dialogs of train-split items, none of them a rollout prompt, so the test
+    split, on which the report card measures the result, plays no part in choosing it."""
+    if p.select != "gold":
+        return load_prompts(p.eval_prompts or p.prompts, "test", n=p.eval_n, seed=p.seed + 1)[:p.eval_n]
+    seen = {repr(x.messages) for x in train_prompts}
+    return [x for x in load_prompts(p.prompts, "train", n=2 * p.eval_n, seed=p.seed + 1)
+            if repr(x.messages) not in seen][:p.eval_n]
+
+
 def ppo_body(cfg: PPOConfig, ctx: RunContext, scorer=None) -> dict:
     """PPO on the shared loop: each iteration's rollouts refill the loop's data before its first minibatch
     step, and its statistics, held-out evaluation, early stopping and checkpoint follow its last one."""
@@ -285,7 +305,7 @@ def ppo_body(cfg: PPOConfig, ctx: RunContext, scorer=None) -> dict:
     beta = p.beta if p.beta >= 0 else default_beta(policy.args.num_params())
     # prompts drawn with their own seed offset, apart from the ones the reward models were trained on
     train_prompts = load_prompts(p.prompts, "train", n=max(p.rollout_batch * 8, 512), seed=p.seed + 17)
-    eval_prompts = load_prompts(p.eval_prompts or p.prompts, "test", n=p.eval_n, seed=p.seed + 1)[:p.eval_n]
+    eval_prompts = heldout_prompts(p, train_prompts)
 
     model = ActorCritic(policy, value)
     # One AdamW for both; the critic learns value_lr / lr times faster (it starts far from the returns).
@@ -303,7 +323,7 @@ def ppo_body(cfg: PPOConfig, ctx: RunContext, scorer=None) -> dict:
                       accum=accum, dist_info=ctx.dist, stage="ppo", model_args=policy.args, optimizer=optimizer,
                       extra_state={"model_args": policy.args.to_dict(), "tokenizer": str(tok.model_path)},
                       progress_keys=("reward", "kl", "clip_fraction"))
-    state = {"best_reward": -math.inf, "best_iteration": -1, "bad_evals": 0, "stopped_early": False}
+    state = {"best": -math.inf, "best_iteration": -1, "bad_evals": 0, "stopped_early": False}
     if ctx.resume and trainer.resume():
         state.update(trainer.resumed_state.get("ppo_state", {}))
     trainer.stop_requested = state["stopped_early"]
@@ -334,15 +354,15 @@ def ppo_body(cfg: PPOConfig, ctx: RunContext, scorer=None) -> dict:
         # every rank computes the same numbers (gathered in one order), so all ranks stop at the same iteration
         ev = heldout(policy)
         log.write({"step": trainer.step, "split": "val", "iteration": iteration, **ev})
-        if ev["reward"] > state["best_reward"] + p.min_delta:
-            state.update(best_reward=ev["reward"], best_iteration=iteration, bad_evals=0)
+        if ev[p.select] > state["best"] + p.min_delta:
+            state.update(best=ev[p.select], best_iteration=iteration, bad_evals=0)
             save_best()
             return
         state["bad_evals"] += 1
         if p.patience and state["bad_evals"] >= p.patience:
             state["stopped_early"] = trainer.stop_requested = True
-            ctx.say(f"\nearly stop at iteration {iteration}: held-out reward has not improved for {p.patience} "
-                  f"evaluations (best {state['best_reward']:.3f} at iteration {state['best_iteration']})")
+            ctx.say(f"\nearly stop at iteration {iteration}: held-out {p.select} has not improved for {p.patience} "
+                    f"evaluations (best {state['best']:.3f} at iteration {state['best_iteration']})")
 
     iteration: dict = {}  # the current iteration's rollout statistics and minibatch rows
 
@@ -373,7 +393,7 @@ def ppo_body(cfg: PPOConfig, ctx: RunContext, scorer=None) -> dict:
         if p.eval_every:
             ev = heldout(policy)
             log.write({"step": 0, "split": "val", "iteration": 0, **ev})
-            state.update(best_reward=ev["reward"], best_iteration=0)
+            state.update(best=ev[p.select], best_iteration=0)
             save_best()
     trainer.fit(log=log, before_step=before_step, on_step=after_step, log_every=steps_per_iter)
     if trainer.stop_requested:  # fit() saves at its last step; an early stop ends before it
@@ -387,7 +407,8 @@ def ppo_body(cfg: PPOConfig, ctx: RunContext, scorer=None) -> dict:
     final = final if p.eval_every else ctx.gathered(policy)
     summary = {"iterations": trainer.step // steps_per_iter, "seconds": time.perf_counter() - t_start, "beta": beta,
                "best_iteration": state["best_iteration"], "stopped_early": state["stopped_early"],
-               "heldout_reward": end["reward"], "heldout_kl": end["kl"]}
+               "selected_by": p.select, "heldout_reward": end["reward"], "heldout_kl": end["kl"],
+               "heldout_gold": end.get("gold")}
     return ctx.finish(final, tok.model_path, summary)
 
 

@@ -17,6 +17,7 @@ from camelid.data.padding import pad_right
 from camelid.infer.engine import Engine, Request
 from camelid.infer.sampling import SamplingParams
 from camelid.parallel.collectives import gather_objects, gather_rows, share
+from camelid.rlhf.gold import gold_scores
 from camelid.rlhf.ppo_math import token_logprobs
 
 SEED_STRIDE = 1_000_003  # a prime above any batch size: (seed, iteration, index) -> distinct seeds
@@ -120,20 +121,23 @@ def greedy_answers(policy, ref, tokenizer, ids: list[list[int]], max_new_tokens:
     return outs, kl
 
 
-def measures(scores: dict, kl) -> dict:
-    """The held-out figures: mean combined reward and, given per-answer KLs, their mean."""
+def measures(scores: dict, kl, gold=None) -> dict:
+    """The held-out figures: mean combined reward and, given per-answer KLs and gold scores, their means."""
     out = {"reward": scores["combined"].mean().item()}
     if kl is not None:
         out["kl"] = kl.mean().item()
+    if gold is not None:
+        out["gold"] = gold.mean().item()
     return out
 
 
 def heldout_reward(policy, ref, scorer, tokenizer, prompts: list, max_new_tokens: int, device) -> dict:
-    """Mean combined reward of greedy answers on held-out prompts, and their KL to the reference (given one),
-    in this process alone."""
+    """Mean combined reward of greedy answers on held-out prompts, their KL to the reference (given one) and
+    their gold score (proving-ground prompts), in this process alone."""
     ids = encode_prompts(tokenizer, prompts, policy.args.max_seq_len - max_new_tokens)
     outs, kl = greedy_answers(policy, ref, tokenizer, ids, max_new_tokens, device)
-    return measures(scorer.score(prompts, [tokenizer.decode(o) for o in outs]), kl)
+    answers = [tokenizer.decode(o) for o in outs]
+    return measures(scorer.score(prompts, answers), kl, gold_scores(prompts, answers))
 
 
 def heldout_shares(ctx, policy, ref, scorer, tokenizer, prompts: list, max_new_tokens: int, device) -> dict:
@@ -142,6 +146,6 @@ def heldout_shares(ctx, policy, ref, scorer, tokenizer, prompts: list, max_new_t
     mine = share(len(prompts))
     with ctx.full_copy(policy) as full:
         outs, kl = greedy_answers(full, ref, tokenizer, ids[mine.start:mine.stop], max_new_tokens, device)
-    outs = gather_objects(outs)
-    scores = score_shares(scorer, prompts, [tokenizer.decode(o) for o in outs])
-    return measures(scores, None if kl is None else gather_rows(kl))
+    answers = [tokenizer.decode(o) for o in gather_objects(outs)]
+    scores = score_shares(scorer, prompts, answers)
+    return measures(scores, None if kl is None else gather_rows(kl), gold_scores(prompts, answers))

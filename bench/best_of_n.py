@@ -1,0 +1,79 @@
+"""Best of n answers by the reward models against greedy SFT, on the report card's held-out prompts.
+
+    python bench/best_of_n.py --run runs/quickstart --n 4 --seeds 0 1 2
+
+The SFT model answers each of the report card's 540 held-out prompts n times (temperature 0.7, as rejection
+sampling draws them, answers up to 24 tokens as the report card's); the combined reward of a round's reward
+models (Llama-2 eq. 4) picks one. Each pick is judged as the report card judges greedy answers (correct =
+full credit) and compared with greedy SFT prompt by prompt, beside two controls: a random sample (the first)
+and the sample the judges score best (the most any picker could get). Not a test: about a minute per seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+N_PROMPTS = 540
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="a finished quickstart output directory")
+    p.add_argument("--n", type=int, default=4, help="samples per prompt")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--out", help="write the figures here as JSON")
+    a = p.parse_args()
+    import torch
+
+    from camelid.checkpoint import load_checkpoint
+    from camelid.report_card import PROMPTS_FILE
+    from camelid.rlhf.rewards import Prompt
+    from camelid.rlhf.rs import load_scorer
+    from camelid.tasks import judge_helpful, judge_safety, make_dialogs
+    from camelid.tasks.eval import answer_examples
+    from camelid.tasks.stats import format_diff, paired_diff_by_prompt, pooled_paired_diff
+
+    run = Path(a.run)
+    greedy = json.loads((run / PROMPTS_FILE).read_text())["stages"]["sft"]["correct"]
+    ckpt = load_checkpoint(run / "sft" / "model")
+    model, tok = ckpt.model.eval(), ckpt.tokenizer()
+    examples = make_dialogs("test", N_PROMPTS, 0)  # the report card's prompts (evaluate(split="test", seed=0))
+    prompts = [Prompt(ex.messages, ex.kind == "safety", ex) for ex in examples]
+    rounds = {name: load_scorer(str(run / name / "model"), str(run / "rm-safety" / "model"), tok, "cpu")
+              for name in ("rm-helpful", "rm-helpful-2") if (run / name / "model").exists()}
+
+    def judge(ex, answer):
+        return judge_safety(ex, answer) if ex.kind == "safety" else judge_helpful(ex, answer)
+
+    picks: dict[str, list[list[int]]] = {k: [] for k in ["random", *rounds, "judges"]}
+    for seed in a.seeds:
+        samples = [answer_examples(model, tok, examples, max_new_tokens=24, temperature=a.temperature,
+                                   seed=seed * 1000 + j) for j in range(a.n)]  # [n][prompts]
+        gold = torch.tensor([[judge(ex, s[i]) for s in samples] for i, ex in enumerate(examples)])
+        correct = (gold >= 1.0 - 1e-9).int()
+        chosen = {"random": torch.zeros(N_PROMPTS, dtype=torch.long), "judges": gold.argmax(1)}
+        for name, scorer in rounds.items():
+            flat = scorer.score([p for p in prompts for _ in range(a.n)],
+                                [samples[j][i] for i in range(N_PROMPTS) for j in range(a.n)])["combined"]
+            chosen[name] = flat.view(N_PROMPTS, a.n).argmax(1)
+        for name, idx in chosen.items():
+            picks[name].append(correct.gather(1, idx[:, None]).squeeze(1).tolist())
+            print(f"seed {seed}: {name:13} {100 * sum(picks[name][-1]) / N_PROMPTS:.1f}%", flush=True)
+    print(f"\nbest of {a.n} (T {a.temperature}) vs greedy SFT ({100 * sum(greedy) / N_PROMPTS:.1f}%) on the report "
+          f"card's {N_PROMPTS} prompts, seeds {a.seeds}: accuracy, difference [95% paired interval] in points")
+    result = {"n": a.n, "temperature": a.temperature, "seeds": a.seeds, "greedy_sft": sum(greedy) / N_PROMPTS}
+    for name, ms in picks.items():
+        pairs = [(m, greedy) for m in ms]
+        pooled, by_prompt = pooled_paired_diff(pairs), paired_diff_by_prompt(pairs)
+        acc = sum(map(sum, ms)) / (N_PROMPTS * len(ms))
+        result[name] = {"accuracy": acc, "pooled": pooled.to_dict(), "by_prompt": by_prompt.to_dict()}
+        print(f"{name:13} {100 * acc:5.1f}%   pooled {format_diff(pooled)}   by prompt {format_diff(by_prompt)}")
+    if a.out:
+        Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
