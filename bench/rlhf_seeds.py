@@ -10,7 +10,11 @@ used as they are. Every policy is measured as the report card measures it, on th
 prompts, and compared with SFT prompt by prompt (camelid.tasks.stats): per seed, and over the seeds both
 pooled (the seeds' pairs concatenated, as if independent) and by prompt (each prompt's difference
 averaged over the seeds first; the seeds share the prompts, so this is the interval to trust).
-Not a test: about 6 minutes per seed on a 2-core CPU.
+
+The control `rs-random` is round 1's rejection sampling with the same settings and seed but a random reward
+in place of the reward models: what fine-tuning on the policy's own samples gives without any preference.
+What rejection sampling owes to the reward models is its difference from this control.
+Not a test: about 7 minutes per seed on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -21,7 +25,22 @@ from pathlib import Path
 
 N = 540  # held-out prompts, as the quickstart's report card
 RERUN = ("rs", "rm-helpful-2", "rs-2", "ppo")  # the steps run again with each seed
-POLICIES = ("rs", "rs-2", "ppo")  # the ones compared with SFT
+POLICIES = ("rs", "rs-2", "ppo", "rs-random")  # the ones compared with SFT
+
+
+class RandomReward:
+    """The control's reward: a standard normal draw per answer, from a generator of its own."""
+
+    def __init__(self, seed: int):
+        import torch
+
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def score(self, prompts, answers):
+        import torch
+
+        r = torch.randn(len(answers), generator=self.generator)
+        return {"combined": r, "helpful": r, "safety": None}
 
 
 def seed_sets(seed: int) -> list[str]:
@@ -34,19 +53,25 @@ def seed_sets(seed: int) -> list[str]:
 
 
 def run_seed(run: Path, out: Path, seed: int) -> None:
-    """The steps of RERUN in `out`, reading the earlier steps' outputs from `run`."""
+    """The steps of RERUN in `out`, reading the earlier steps' outputs from `run` (seed 0: the quickstart's run
+    made them), and the control."""
     from camelid.config import replace_keys, validate
     from camelid.quickstart import PIPELINE, REPORTS, route_overrides, step_config
+    from camelid.rlhf.rs import rejection_sampling
 
     routed = route_overrides(seed_sets(seed))
     for step in PIPELINE:
         if step.name not in RERUN:
             continue
-        print(f"== seed {seed}: {step.name}", flush=True)
         cfg = step_config(step, run, False, routed)
         cfg = replace_keys(cfg, {k: str(out / v) for k, v in step.inputs.items() if v.split("/")[0] in RERUN})
         validate(cfg)
-        REPORTS[step.stage](step, cfg, out / step.name)
+        if seed:
+            print(f"== seed {seed}: {step.name}", flush=True)
+            REPORTS[step.stage](step, cfg, out / step.name)
+        if step.name == "rs":
+            print(f"== seed {seed}: rs-random (the control)", flush=True)
+            rejection_sampling(cfg, out / "rs-random", scorer=RandomReward(seed))
 
 
 def main():
@@ -65,11 +90,10 @@ def main():
     per_prompt: dict[str, list[dict]] = {stage: [] for stage in POLICIES}
     for seed in a.seeds:
         d = out / f"seed{seed}"
-        if seed:
-            run_seed(run, d, seed)
+        run_seed(run, d, seed)
         for stage in POLICIES:
             cached = d / f"{stage}_per_prompt.json"
-            if seed == 0:
+            if seed == 0 and stage in card:
                 m = card[stage]
             elif cached.exists():
                 m = json.loads(cached.read_text())
