@@ -11,9 +11,10 @@ prompts, and compared with SFT prompt by prompt (camelid.tasks.stats): per seed,
 pooled (the seeds' pairs concatenated, as if independent) and by prompt (each prompt's difference
 averaged over the seeds first; the seeds share the prompts, so this is the interval to trust).
 
-The control `rs-random` is round 1's rejection sampling with the same settings and seed but a random reward
-in place of the reward models: what fine-tuning on the policy's own samples gives without any preference.
-What rejection sampling owes to the reward models is its difference from this control.
+Two controls, round 1's rejection sampling with the same settings and seed but another reward in place of the
+reward models: `rs-random`, a random number (what fine-tuning on the policy's own samples gives without any
+preference), and `rs-judges`, the judges themselves (the gold control: what a perfect reward would give).
+What rejection sampling owes to the reward models is its difference from the first; the second bounds it.
 Not a test: about 7 minutes per seed on a 2-core CPU.
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 
 N = 540  # held-out prompts, as the quickstart's report card
 RERUN = ("rs", "rm-helpful-2", "rs-2", "ppo")  # the steps run again with each seed
-POLICIES = ("rs", "rs-2", "ppo", "rs-random")  # the ones compared with SFT
+POLICIES = ("rs", "rs-2", "ppo", "rs-random", "rs-judges")  # the ones compared with SFT
 
 
 class RandomReward:
@@ -43,6 +44,16 @@ class RandomReward:
         return {"combined": r, "helpful": r, "safety": None}
 
 
+class JudgesReward:
+    """The gold control's reward: the proving ground's judges (the report card's score of each answer)."""
+
+    def score(self, prompts, answers):
+        from camelid.rlhf.gold import gold_scores
+
+        r = gold_scores(prompts, answers)
+        return {"combined": r, "helpful": r, "safety": None}
+
+
 def seed_sets(seed: int) -> list[str]:
     """The quickstart --set lines of one seed (seed 0: none, the quickstart's own settings). Each step keeps
     the offset the quickstart gives it (round 2 samples other prompts than round 1)."""
@@ -54,7 +65,7 @@ def seed_sets(seed: int) -> list[str]:
 
 def run_seed(run: Path, out: Path, seed: int) -> None:
     """The steps of RERUN in `out`, reading the earlier steps' outputs from `run` (seed 0: the quickstart's run
-    made them), and the control."""
+    made them), and the controls."""
     from camelid.config import replace_keys, validate
     from camelid.quickstart import PIPELINE, REPORTS, route_overrides, step_config
     from camelid.rlhf.rs import rejection_sampling
@@ -70,8 +81,9 @@ def run_seed(run: Path, out: Path, seed: int) -> None:
             print(f"== seed {seed}: {step.name}", flush=True)
             REPORTS[step.stage](step, cfg, out / step.name)
         if step.name == "rs":
-            print(f"== seed {seed}: rs-random (the control)", flush=True)
-            rejection_sampling(cfg, out / "rs-random", scorer=RandomReward(seed))
+            for name, reward in (("rs-random", RandomReward(seed)), ("rs-judges", JudgesReward())):
+                print(f"== seed {seed}: {name} (a control)", flush=True)
+                rejection_sampling(cfg, out / name, scorer=reward)
 
 
 def main():
