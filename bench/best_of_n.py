@@ -30,9 +30,10 @@ def main():
 
     from camelid.checkpoint import load_checkpoint
     from camelid.report_card import PROMPTS_FILE
+    from camelid.rlhf.gold import gold_scores
     from camelid.rlhf.rewards import Prompt
     from camelid.rlhf.rs import load_scorer
-    from camelid.tasks import judge_helpful, judge_safety, make_dialogs
+    from camelid.tasks import make_dialogs
     from camelid.tasks.eval import answer_examples
     from camelid.tasks.stats import format_diff, paired_diff_by_prompt, pooled_paired_diff
 
@@ -45,14 +46,11 @@ def main():
     rounds = {name: load_scorer(str(run / name / "model"), str(run / "rm-safety" / "model"), tok, "cpu")
               for name in ("rm-helpful", "rm-helpful-2") if (run / name / "model").exists()}
 
-    def judge(ex, answer):
-        return judge_safety(ex, answer) if ex.kind == "safety" else judge_helpful(ex, answer)
-
     picks: dict[str, list[list[int]]] = {k: [] for k in ["random", *rounds, "judges"]}
     for seed in a.seeds:
         samples = [answer_examples(model, tok, examples, max_new_tokens=24, temperature=a.temperature,
                                    seed=seed * 1000 + j) for j in range(a.n)]  # [n][prompts]
-        gold = torch.tensor([[judge(ex, s[i]) for s in samples] for i, ex in enumerate(examples)])
+        gold = torch.stack([gold_scores(prompts, s) for s in samples], 1)  # [prompts, n], the report card's score
         correct = (gold >= 1.0 - 1e-9).int()
         chosen = {"random": torch.zeros(N_PROMPTS, dtype=torch.long), "judges": gold.argmax(1)}
         for name, scorer in rounds.items():
