@@ -24,6 +24,8 @@ def main():
     p.add_argument("--n", type=int, default=4, help="samples per prompt")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--reward", nargs="*", default=[], metavar="NAME=DIR",
+                   help="more helpfulness reward models to pick with (beside the run's rounds, with its safety RM)")
     p.add_argument("--out", help="write the figures here as JSON")
     a = p.parse_args()
     import torch
@@ -45,6 +47,9 @@ def main():
     prompts = [Prompt(ex.messages, ex.kind == "safety", ex) for ex in examples]
     rounds = {name: load_scorer(str(run / name / "model"), str(run / "rm-safety" / "model"), tok, "cpu")
               for name in ("rm-helpful", "rm-helpful-2") if (run / name / "model").exists()}
+    for spec in a.reward:
+        name, _, path = spec.rpartition("=")
+        rounds[name or path] = load_scorer(path, str(run / "rm-safety" / "model"), tok, "cpu")
 
     picks: dict[str, list[list[int]]] = {k: [] for k in ["random", *rounds, "judges"]}
     for seed in a.seeds:
