@@ -84,6 +84,37 @@ def test_kl_is_zero_for_identical_policies():
     assert sequence_kl(policy, twin, [[1, 5, 6], [1, 7]], [[8, 9], [10, 11, 12]], 2, "cpu").tolist() == [0.0, 0.0]
 
 
+def test_answer_logprobs_sum_the_answer_tokens_only():
+    """log pi(answer | prompt) by hand: log-softmax of one forward, the answer's tokens picked out, prompt and
+    padding left out."""
+    from camelid.model import ModelArgs, Transformer
+    from camelid.rlhf.rollout import answer_logprobs
+
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=50, ffn_hidden_dim=64)).eval()
+    prompts, answers = [[1, 5, 6], [1, 7]], [[8, 9, 2], [10, 2]]
+    got = answer_logprobs(model, prompts, answers, "cpu")
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        seq = torch.tensor([p + a])
+        lp = torch.log_softmax(model(seq).float(), -1)[0]
+        want = sum(lp[len(p) - 1 + t, tok] for t, tok in enumerate(a))
+        assert torch.allclose(got[i], want, atol=1e-5), (i, got[i], want)
+
+
+def test_regularized_best_of_k_weighs_the_policys_belief():
+    """selection_scores: reward + w * log pi, cut-off answers never chosen."""
+    from camelid.rlhf.rs import best_of_k, selection_scores
+
+    reward = torch.tensor([[1.0, 0.5], [0.2, 0.1]])
+    logp = torch.tensor([[-4.0, -1.0], [-0.5, -3.0]])
+    cut = torch.tensor([[False, False], [False, False]])
+    assert best_of_k(selection_scores(reward, cut)).tolist() == [0, 0]  # the reward alone
+    mixed = selection_scores(reward, cut, logp, 0.5)  # [[1 - 2, 0.5 - 0.5], [0.2 - 0.25, 0.1 - 1.5]]
+    assert torch.allclose(mixed, torch.tensor([[-1.0, 0.0], [-0.05, -1.4]])) and best_of_k(mixed).tolist() == [1, 0]
+    cut = torch.tensor([[False, True], [False, False]])
+    assert selection_scores(reward, cut, logp, 0.5)[0].tolist() == [-1.0, float("-inf")]
+
+
 class ShortAnswers:
     """A known reward: shorter answers score higher (the policy must learn to emit EOS early)."""
 

@@ -99,14 +99,19 @@ def sequence_logprobs(model, inp, target, mask, chunk: int = 16, temperature: fl
 
 
 @torch.no_grad()
+def answer_logprobs(model, prompt_ids: list[list[int]], answers: list[list[int]], device) -> torch.Tensor:
+    """Per answer [n]: sum_t log model(y_t | prompt, y_<t) over the answer's tokens (temperature 1)."""
+    if not answers:
+        return torch.zeros(0, device=device)
+    tokens, mask, resp = answer_batch(prompt_ids, answers)
+    inp, tgt, m, rm = (x.to(device) for x in (tokens[:, :-1], tokens[:, 1:], mask[:, :-1], resp[:, 1:]))
+    return (sequence_logprobs(model, inp, tgt, m) * rm).sum(1)
+
+
 def sequence_kl(policy, ref, prompt_ids, outs, eos_id, device) -> torch.Tensor:
     """Per sequence [n]: sum_t log pi(y_t) - log pi_ref(y_t) on the given answers."""
-    if not outs:
-        return torch.zeros(0, device=device)
-    tokens, mask, resp = answer_batch(prompt_ids, [o + [eos_id] for o in outs])
-    inp, tgt, m, rm = (x.to(device) for x in (tokens[:, :-1], tokens[:, 1:], mask[:, :-1], resp[:, 1:]))
-    diff = sequence_logprobs(policy, inp, tgt, m) - sequence_logprobs(ref, inp, tgt, m)
-    return (diff * rm).sum(1)
+    answers = [o + [eos_id] for o in outs]
+    return answer_logprobs(policy, prompt_ids, answers, device) - answer_logprobs(ref, prompt_ids, answers, device)
 
 
 # ------------------------------------------------------------------------------------ held-out measures

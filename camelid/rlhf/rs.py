@@ -26,7 +26,8 @@ from camelid.fsutil import atomic_write_json, atomic_write_text
 from camelid.parallel.collectives import barrier
 from camelid.rlhf.gold import iteration_gold, plot_best_of_n
 from camelid.rlhf.rewards import Prompt, RewardScorer, load_prompts
-from camelid.rlhf.rollout import encode_prompts, heldout_shares, sample_seeds, sample_shares, score_shares
+from camelid.rlhf.rollout import (answer_logprobs, encode_prompts, heldout_shares, rows_of_share, sample_seeds,
+                                   sample_shares, score_shares)
 from camelid.train.sft import SFTConfig, SFTSection, sft, sft_train_defaults
 from camelid.train.stage import RunContext, Stage, run_stage
 
@@ -44,6 +45,9 @@ class RSSection:
     max_new_tokens: int = 64
     min_reward: float | None = None  # keep a best answer only if its combined reward reaches this (None: always)
     min_gain: float | None = None  # keep it only if it beats its prompt's mean reward by more (None: always)
+    # choose by reward + logprob_weight * log pi(answer), pi the sampling policy: regularized best-of-K (Jinnai et
+    # al. 2024), which trusts the reward model only where it outweighs what the policy already believes
+    logprob_weight: float = 0.0
     epochs: float = 1.0  # fine-tuning epochs over the pool, per iteration
     batch_size: int = 64  # packed sequences per optimizer step
     eval_n: int = 64
@@ -76,6 +80,15 @@ def best_of_k(scores: torch.Tensor) -> torch.Tensor:
     return scores.argmax(dim=1)
 
 
+def selection_scores(reward: torch.Tensor, cut: torch.Tensor, logp: torch.Tensor | None = None,
+                     logprob_weight: float = 0.0) -> torch.Tensor:
+    """What best-of-K maximises, [N, K]: the reward, plus logprob_weight * log pi(answer) when given (regularized
+    best-of-N: a sample the policy itself finds unlikely needs a larger reward to win), -inf for answers cut off
+    at max_new_tokens."""
+    scores = reward.masked_fill(cut, float("-inf"))
+    return scores if logp is None else scores + logprob_weight * logp
+
+
 def update_pool(pool: dict, prompts: list[Prompt], answers: list[list[str]], scores: torch.Tensor,
                 iteration: int, min_score: float | None = None, min_gain: float | None = None) -> int:
     """Keep, for every prompt, the best answer over all iterations (-inf scores never enter: answers cut
@@ -106,15 +119,23 @@ def update_pool(pool: dict, prompts: list[Prompt], answers: list[list[str]], sco
 
 
 def sample_k(ctx: RunContext, policy, tokenizer, prompts: list[Prompt], k: int, temperature: float,
-             max_new_tokens: int, seeds: list[int]):
-    """k answers per prompt ([N][k] strings) and [N][k] flags of answers cut off at max_new_tokens; sample j of
-    prompt i draws with seeds[i * k + j]. Each rank samples its share; every rank gets them all."""
+             max_new_tokens: int, seeds: list[int], logprobs: bool = False):
+    """k answers per prompt ([N][k] strings), [N][k] flags of answers cut off at max_new_tokens and, with
+    `logprobs`, the policy's log-probability of each answer with its EOS ([N, k]; else None); sample j of
+    prompt i draws with seeds[i * k + j]. Each rank samples (and scores) its share; every rank gets them all."""
     ids = encode_prompts(tokenizer, prompts, policy.args.max_seq_len - max_new_tokens)
-    outs = sample_shares(ctx, policy, [i for i in ids for _ in range(k)], max_new_tokens, temperature,
-                         tokenizer.eos_id, seeds)
+    flat_ids = [i for i in ids for _ in range(k)]
+    outs = sample_shares(ctx, policy, flat_ids, max_new_tokens, temperature, tokenizer.eos_id, seeds)
     texts = [tokenizer.decode(o).strip() for o in outs]
     cut = [len(o) >= max_new_tokens for o in outs]
-    return [texts[i * k:(i + 1) * k] for i in range(len(prompts))], [cut[i * k:(i + 1) * k] for i in range(len(prompts))]
+    logp = None
+    if logprobs:
+        answers = [o + [tokenizer.eos_id] for o in outs]
+        with ctx.full_copy(policy) as full:
+            logp = rows_of_share(lambda r: answer_logprobs(full, flat_ids[r], answers[r], ctx.device),
+                                 len(outs)).view(len(prompts), k).cpu()
+    return ([texts[i * k:(i + 1) * k] for i in range(len(prompts))],
+            [cut[i * k:(i + 1) * k] for i in range(len(prompts))], logp)
 
 
 def load_scorer(helpful_path: str, safety_path: str, tokenizer, device) -> RewardScorer:
@@ -168,11 +189,11 @@ def rs_body(cfg: RSConfig, ctx: RunContext, scorer=None) -> dict:
             continue
         prompts = load_prompts(r.prompts, "train", n=r.prompts_per_iteration, seed=r.seed * 1000 + it)
         ts = time.perf_counter()
-        answers, cut = sample_k(ctx, policy, tok, prompts, r.k, r.temperature, r.max_new_tokens,
-                                seeds=sample_seeds(r.seed, it, len(prompts) * r.k))
+        answers, cut, logp = sample_k(ctx, policy, tok, prompts, r.k, r.temperature, r.max_new_tokens,
+                                      sample_seeds(r.seed, it, len(prompts) * r.k), bool(r.logprob_weight))
         flat = score_shares(scorer, [p for p in prompts for _ in range(r.k)], [a for cands in answers for a in cands])
         raw = flat["combined"].view(len(prompts), r.k)
-        scores = raw.masked_fill(torch.tensor(cut), float("-inf"))
+        scores = selection_scores(raw, torch.tensor(cut), logp, r.logprob_weight)
         improved = update_pool(pool, prompts, answers, scores, it, r.min_reward, r.min_gain)  # same pool on every rank
         if ctx.is_main:
             write_pool(it_dir, pool)
