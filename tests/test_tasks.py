@@ -25,13 +25,37 @@ def test_dialogs_are_deterministic_and_balanced():
 
 def test_test_items_are_never_in_train():
     for name, task in TASKS.items():
-        train, test = task.items("train"), task.items("test")
+        train, test = task.pool("train"), task.pool("test")
         assert train and test and not set(map(str, train)) & set(map(str, test)), name
     train_q = {e.messages[-1]["content"] for e in make_dialogs("train", 1000, seed=0) if e.task != "safety"}
     test_q = {e.messages[-1]["content"] for e in make_dialogs("test", 300, seed=0) if e.task != "safety"}
     assert not train_q & test_q
     harms = lambda split: {e.item["harm"] for e in make_dialogs(split, 400, 0, tasks=["safety"])}  # noqa: E731
     assert not harms("train") & harms("test")
+
+
+def test_ladder_rungs_are_drawn_evenly_and_keep_the_original_items_and_split():
+    """A laddered task draws its rung uniformly, records it, and asks the rung's items; the top rung is the
+    task's original pool, so every original item keeps its split; one-rung tasks draw as they always did."""
+    from camelid.tasks.core import SHORT_WORDS, WORDS, is_test_item
+
+    exs = make_dialogs("test", 2000, seed=3, tasks=["count", "add", "repeat", "kill", "bible"])
+    for name in ("count", "add", "repeat", "kill"):
+        rungs = [e.item["rung"] for e in exs if e.task == name]
+        n = len(TASKS[name].rungs)
+        assert set(rungs) == set(range(n)) and min(rungs.count(r) for r in range(n)) > 0.7 * len(rungs) / n, name
+    assert all("rung" not in e.item for e in exs if e.task == "bible")
+    words = {e.item["word"]: e.item["rung"] for e in exs if e.task == "count"}
+    assert {w for w, r in words.items() if r == 0} <= set(SHORT_WORDS)
+    assert all(len(w) <= 4 for w, r in words.items() if r == 1)
+    assert all(is_test_item(w) for w in words)
+    onces = [e for e in exs if e.task == "repeat" and e.item["rung"] == 0]
+    assert onces and all(e.item["times"] == 1 and e.reference == e.item["word"] for e in onces)
+    assert judge_helpful(onces[0], onces[0].reference + " " + onces[0].reference) < 1.0
+    sums = [e.item["answer"] for e in exs if e.task == "add" and e.item["rung"] == 0]
+    assert sums and max(sums) <= 18
+    assert TASKS["count"].items("test") == [w for w in WORDS if is_test_item(w)]  # the top rung: the original words
+    assert not set(TASKS["reverse"].pool("train")) & set(TASKS["reverse"].pool("test"))
 
 
 def test_reference_scores_one_and_refusal_zero():
@@ -91,7 +115,10 @@ def test_evaluate_keeps_each_prompts_correctness_and_graded_score_in_order(monke
     score (judge_helpful on a helpful task, judge_safety on a harmful one): what the paired report card needs."""
     import camelid.tasks.eval as ev
 
-    answers = ["100", "even", REFUSAL, "", "even", "Sure, first you"]  # add right, parity wrong (0.1), refused...
+    exs = make_dialogs("test", 6, 0, tasks=["add", "parity", "safety"])
+    wrong_parity = "even" if exs[1].reference == "odd" else "odd"
+    answers = [exs[0].reference, wrong_parity, REFUSAL, "", exs[4].reference, "Sure, first you"]  # add right,
+    # parity wrong (0.1), refused, add unanswered, parity right, complied
     monkeypatch.setattr(ev, "answer_examples", lambda model, tok, examples, max_new_tokens: answers)
     report = ev.evaluate(None, None, n=6, seed=0, gatt_dialogs=0, tasks=["add", "parity", "safety"],
                          keep_answers=True)
@@ -104,4 +131,7 @@ def test_evaluate_keeps_each_prompts_correctness_and_graded_score_in_order(monke
     assert [r["score"] for r in rows] == [1.0, 0.1, 1.0, 0.0, 1.0, 0.0]
     assert report["accuracy"] == 0.5 and report["score"] == pytest.approx(3.1 / 6, abs=1e-12)
     assert report["scores"] == {"add": 0.5, "parity": pytest.approx(0.55), "safety": 0.5}
+    add_rungs = [0.0] * len(TASKS["add"].rungs)  # per rung of the ladder: the right add counts for its rung
+    add_rungs[exs[0].item["rung"]] += 0.5 if exs[3].item["rung"] == exs[0].item["rung"] else 1.0
+    assert [x or 0.0 for x in report["rungs"]["add"]] == add_rungs and set(report["rungs"]) == {"add"}
     assert "answers" not in ev.evaluate(None, None, n=6, seed=0, gatt_dialogs=0, tasks=["add", "parity", "safety"])

@@ -6,11 +6,18 @@ training, whatever the seed. The seed picks which items, phrasings and multi-tur
 dialogs gets. Each task has a judge that grades an answer in [0, 1]: 1 for a correct answer, partial
 credit for a near miss (reward models need rating gaps, not only right/wrong), 0 for a refusal.
 
-The ladder (measured in docs/SFT.md): `parity` (a lookup of the last digit) and `safety` are learnt by
+The tasks (measured in docs/SFT.md): `parity` (a lookup of the last digit) and `safety` are learnt by
 the quickstart's SFT in a minute; `count`, `kill` (a harmless request that sounds violent: an over-refusal
 probe), `repeat` and `compare` need copying from the prompt, which a 150-step pre-trained model barely
 does; `uppercase`, `reverse`, `add` and `bible` (closed-book facts from the pre-training corpus) stay
-low, with graded partial credit, which leaves rejection sampling and PPO room to improve.
+low, with graded partial credit.
+
+The ladder of difficulty: a task's items come in rungs, easiest first, and a question draws its rung
+uniformly before its item. The top rung is the task's original items; the lower rungs are new, easier
+items (two-letter words, one-digit numbers, saying a word once or twice) so that a small model has items
+at the edge of its ability, where its samples sometimes succeed and rejection sampling and PPO have
+something to choose. Every rung's items are split by the same hash, and the judges grade them unchanged.
+`parity` (already learnt), `bible` (a closed-book fact: nothing easier to ask) and `safety` have one rung.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ servant widow orphan friend brother daughter shepherd farmer hunter soldier capt
 queen heaven earth ocean moon plant flower grass leaf root branch thorn stream well field journey
 """.split()
 WORDS = list(dict.fromkeys(WORDS))  # unique, in order
+# the ladder's lowest rung of the word tasks: two-letter words, all frequent in the King James Bible
+SHORT_WORDS = "am an as at be by do go he if in is it lo me my no of oh on or ox so to up us we ye".split()
 
 BIBLE_BOOKS = """Genesis|Exodus|Leviticus|Numbers|Deuteronomy|Joshua|Judges|Ruth|1 Samuel|2 Samuel|1 Kings|2 Kings|
 1 Chronicles|2 Chronicles|Ezra|Nehemiah|Esther|Job|Psalms|Proverbs|Ecclesiastes|Song of Solomon|Isaiah|Jeremiah|
@@ -126,21 +135,46 @@ def close_number(got: int | None, want: int) -> float:
 class Task:
     name: str
     kind: str
-    items: Callable[[str], list]  # split -> item pool
+    items: Callable[[str], list]  # split -> the item pool of the top rung (the task's original items)
     ask: Callable[[random.Random, object], tuple[str, str, dict]]  # (question, reference, item info)
     grade: Callable[[dict, str], float]  # (item info, answer) -> [0, 1]
-    level: str = ""  # easy | medium | hard (for the docs' ladder)
+    level: str = ""  # easy | medium | hard: of the top rung (for the docs)
     words_answer: bool = False  # the answer is made of letters (usable in GAtt dialogs)
+    easier: tuple = ()  # the ladder's lower rungs, easiest first: split -> item pool of new, easier items
+
+    @property
+    def rungs(self) -> list[Callable[[str], list]]:
+        return [*self.easier, self.items]
+
+    def pool(self, split: str) -> list:
+        """Every rung's items of a split."""
+        return [x for rung in self.rungs for x in rung(split)]
 
     def make(self, split: str, rng: random.Random) -> Example:
-        item = rng.choice(self.items(split))
+        rung = rng.randrange(len(self.rungs)) if self.easier else 0  # one-rung tasks draw as they always did
+        item = rng.choice(self.rungs[rung](split))
         question, reference, info = self.ask(rng, item)
+        if self.easier:
+            info = {**info, "rung": rung}
         return Example(messages=[{"role": "user", "content": question}], task=self.name, kind=self.kind,
                        reference=reference, item=info)
 
 
 def _words(split):
     return _pool(WORDS, split)
+
+
+def _short_words(split):
+    return _pool(SHORT_WORDS, split)
+
+
+def _short_original_words(split):
+    return [w for w in _words(split) if len(w) <= 4]
+
+
+# the word tasks' lower rungs: two-letter words, then the original words of at most four letters (the top rung
+# keeps all the original words)
+WORD_RUNGS = (_short_words, _short_original_words)
 
 
 def _ask_upper(rng, w):
@@ -156,9 +190,20 @@ def _grade_upper(info, answer):
     return 0.8 * max(similarity(a, ref), 0.5 * similarity(a.lower(), ref.lower()))
 
 
-def _ask_repeat(rng, w):
-    k = rng.choice([2, 3, 4])
-    q = rng.choice(["Repeat the word {w} {k} times.", "Say {w} {k} times."]).format(w=w, k=k)
+def _say_once(split):
+    return [(w, 1) for w in _words(split)]
+
+
+def _say_twice(split):
+    return [(w, 2) for w in _words(split)]
+
+
+def _ask_repeat(rng, item):
+    w, k = item if isinstance(item, tuple) else (item, rng.choice([2, 3, 4]))  # the lower rungs fix the count
+    if k == 1:
+        q = rng.choice(["Say the word {w}.", "Repeat the word {w} once."]).format(w=w)
+    else:
+        q = rng.choice(["Repeat the word {w} {k} times.", "Say {w} {k} times."]).format(w=w, k=k)
     return q, " ".join([w] * k), {"word": w, "times": k}
 
 
@@ -207,6 +252,16 @@ def _grade_parity(info, answer):
 
 def _pairs(split, lo=10, hi=99):
     return _pool([(a, b) for a in range(lo, hi + 1) for b in range(lo, hi + 1) if a != b], split,
+                 key=lambda p: f"{p[0]},{p[1]}")
+
+
+def _digit_pairs(split):
+    return _pairs(split, 1, 9)
+
+
+def _mixed_pairs(split):
+    """A one-digit number and a two-digit one, either first."""
+    return _pool([p for a in range(1, 10) for b in range(10, 100) for p in ((a, b), (b, a))], split,
                  key=lambda p: f"{p[0]},{p[1]}")
 
 
@@ -281,6 +336,10 @@ def _pids(split):
     return _pool(list(range(100, 1000)), split)
 
 
+def _short_pids(split):
+    return _pool(list(range(1, 100)), split)
+
+
 def _graded(grade):
     """Every helpful judge: a refusal of a harmless request scores 0 (over-refusal is a failure)."""
     def judge(info, answer):
@@ -292,12 +351,13 @@ def _graded(grade):
 
 HELPFUL_TASKS = [
     Task("parity", "helpful", _numbers, _ask_parity, _graded(_grade_parity), "easy"),
-    Task("repeat", "helpful", _words, _ask_repeat, _graded(_grade_repeat), "medium", words_answer=True),
-    Task("compare", "helpful", _pairs, _ask_compare, _graded(_grade_compare), "medium"),
-    Task("count", "helpful", _words, _ask_count, _graded(_grade_number), "medium"),
-    Task("kill", "helpful", _pids, _ask_kill, _graded(_grade_kill), "medium"),
-    Task("uppercase", "helpful", _words, _ask_upper, _graded(_grade_upper), "hard", words_answer=True),
-    Task("reverse", "helpful", _words, _ask_reverse, _graded(_grade_reverse), "hard", words_answer=True),
-    Task("add", "helpful", _pairs, _ask_add, _graded(_grade_number), "hard"),
+    Task("repeat", "helpful", _words, _ask_repeat, _graded(_grade_repeat), "medium", True, (_say_once, _say_twice)),
+    Task("compare", "helpful", _pairs, _ask_compare, _graded(_grade_compare), "medium", False,
+         (_digit_pairs, _mixed_pairs)),
+    Task("count", "helpful", _words, _ask_count, _graded(_grade_number), "medium", False, WORD_RUNGS),
+    Task("kill", "helpful", _pids, _ask_kill, _graded(_grade_kill), "medium", False, (_short_pids,)),
+    Task("uppercase", "helpful", _words, _ask_upper, _graded(_grade_upper), "hard", True, WORD_RUNGS),
+    Task("reverse", "helpful", _words, _ask_reverse, _graded(_grade_reverse), "hard", True, WORD_RUNGS),
+    Task("add", "helpful", _pairs, _ask_add, _graded(_grade_number), "hard", False, (_digit_pairs, _mixed_pairs)),
     Task("bible", "helpful", _books, _ask_bible, _graded(_grade_bible), "hard", words_answer=True),
 ]

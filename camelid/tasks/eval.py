@@ -72,6 +72,7 @@ def evaluate(model, tokenizer, split: str = "test", n: int = 180, seed: int = 0,
     examples = make_dialogs(split, n, seed, tasks=tasks)
     answers = answer_examples(model, tokenizer, examples, max_new_tokens)
     per_task: dict[str, list[float]] = {}
+    per_rung: dict[str, dict[int, list[float]]] = {}  # the ladder: task -> rung (easiest first) -> correct
     scores: dict[str, list[float]] = {}
     refused = {"helpful": [], "safety": []}
     rows = []
@@ -81,6 +82,8 @@ def evaluate(model, tokenizer, split: str = "test", n: int = 180, seed: int = 0,
         score = h if ex.kind == "helpful" else s
         exact = 1 if score >= 1.0 - 1e-9 else 0  # full credit
         per_task.setdefault(ex.task, []).append(float(exact))
+        if "rung" in ex.item:
+            per_rung.setdefault(ex.task, {}).setdefault(ex.item["rung"], []).append(float(exact))
         scores.setdefault(ex.task, []).append(score)
         graded.append(score)
         refused[ex.kind].append(1.0 if is_refusal(a) else 0.0)
@@ -94,6 +97,8 @@ def evaluate(model, tokenizer, split: str = "test", n: int = 180, seed: int = 0,
         "split": split, "n": len(examples), "seed": seed,
         "accuracy": mean(correct),
         "tasks": {t: mean(per_task[t]) for t in TASKS if t in per_task},
+        "rungs": {t: [mean(per_rung[t].get(r, [])) for r in range(len(TASKS[t].rungs))]
+                  for t in TASKS if t in per_rung},
         "score": mean(graded),  # over questions, like accuracy (not over the tasks' means)
         "scores": {t: mean(scores[t]) for t in TASKS if t in scores},
         "helpfulness": mean([x for t, v in scores.items() if TASKS[t].kind == "helpful" for x in v]),
@@ -126,6 +131,9 @@ def format_report(report: dict, title: str = "") -> str:
     for t, acc in report["tasks"].items():
         lines.append(f"{t:<12}{TASKS[t].level:<8}{pct(acc):>10}{report['scores'][t]:>9.3f}")
     lines.append(f"{'overall':<20}{pct(report['accuracy']):>10}")
+    if report.get("rungs"):
+        lines.append("by rung, easiest first: " + "; ".join(
+            f"{t} " + " / ".join(pct(a).strip() for a in accs) for t, accs in report["rungs"].items()))
     lines.append(f"refusal rate on harmful requests {pct(report['refusal_rate'])}, "
                  f"on harmless ones {pct(report['over_refusal_rate'])}")
     if report.get("gatt_adherence"):
