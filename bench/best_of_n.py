@@ -6,7 +6,9 @@ The SFT model answers each of the report card's 540 held-out prompts n times (te
 sampling draws them, answers up to 24 tokens as the report card's); the combined reward of a round's reward
 models (Llama-2 eq. 4) picks one. Each pick is judged as the report card judges greedy answers (correct =
 full credit) and compared with greedy SFT prompt by prompt, beside two controls: a random sample (the first)
-and the sample the judges score best (the most any picker could get). Not a test: about a minute per seed.
+and the sample the judges score best (the most any picker could get). With --logprob-weight W, each round also
+picks by reward + W * log pi_SFT(answer) (regularized best-of-n, as `rs.logprob_weight`), beside the likeliest
+sample alone (the policy's own belief, no reward). Not a test: about a minute per seed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ def main():
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--reward", nargs="*", default=[], metavar="NAME=DIR",
                    help="more helpfulness reward models to pick with (beside the run's rounds, with its safety RM)")
+    p.add_argument("--logprob-weight", type=float, nargs="*", default=[], metavar="W",
+                   help="also pick by reward + W * log-probability of the answer under the SFT model")
     p.add_argument("--out", help="write the figures here as JSON")
     a = p.parse_args()
     import torch
@@ -34,9 +38,9 @@ def main():
     from camelid.report_card import PROMPTS_FILE
     from camelid.rlhf.gold import gold_scores
     from camelid.rlhf.rewards import Prompt
+    from camelid.rlhf.rollout import answer_logprobs, encode_prompts, sample_answers
     from camelid.rlhf.rs import load_scorer
     from camelid.tasks import make_dialogs
-    from camelid.tasks.eval import answer_examples
     from camelid.tasks.stats import format_diff, paired_diff_by_prompt, pooled_paired_diff
 
     run = Path(a.run)
@@ -51,23 +55,34 @@ def main():
         name, _, path = spec.rpartition("=")
         rounds[name or path] = load_scorer(path, str(run / "rm-safety" / "model"), tok, "cpu")
 
-    picks: dict[str, list[list[int]]] = {k: [] for k in ["random", *rounds, "judges"]}
+    weighted = [f"{name} + {w:g} logp" for name in rounds for w in a.logprob_weight]
+    picks: dict[str, list[list[int]]] = {k: [] for k in ["random", *rounds, *weighted,
+                                                         *(["likeliest"] if a.logprob_weight else []), "judges"]}
+    ids = [i for i in encode_prompts(tok, prompts, model.args.max_seq_len - 24) for _ in range(a.n)]
+    flat_prompts = [p for p in prompts for _ in range(a.n)]
     for seed in a.seeds:
-        samples = [answer_examples(model, tok, examples, max_new_tokens=24, temperature=a.temperature,
-                                   seed=seed * 1000 + j) for j in range(a.n)]  # [n][prompts]
-        gold = torch.stack([gold_scores(prompts, s) for s in samples], 1)  # [prompts, n], the report card's score
+        outs = sample_answers(model, ids, 24, a.temperature, tok.eos_id,
+                              seeds=[seed * 1_000_000 + i for i in range(len(ids))])  # answers up to 24 tokens
+        texts = [tok.decode(o).strip() for o in outs]
+        logp = answer_logprobs(model, ids, [o + [tok.eos_id] for o in outs], "cpu").view(N_PROMPTS, a.n)
+        gold = gold_scores(flat_prompts, texts).view(N_PROMPTS, a.n)  # the report card's score
         correct = (gold >= 1.0 - 1e-9).int()
-        chosen = {"random": torch.zeros(N_PROMPTS, dtype=torch.long), "judges": gold.argmax(1)}
+        chosen = {"random": torch.zeros(N_PROMPTS, dtype=torch.long), "judges": gold.argmax(1),
+                  "likeliest": logp.argmax(1)}
         for name, scorer in rounds.items():
-            flat = scorer.score([p for p in prompts for _ in range(a.n)],
-                                [samples[j][i] for i in range(N_PROMPTS) for j in range(a.n)])["combined"]
-            chosen[name] = flat.view(N_PROMPTS, a.n).argmax(1)
+            reward = scorer.score(flat_prompts, texts)["combined"].view(N_PROMPTS, a.n)
+            chosen[name] = reward.argmax(1)
+            for w in a.logprob_weight:
+                chosen[f"{name} + {w:g} logp"] = (reward + w * logp).argmax(1)
         for name, idx in chosen.items():
+            if name not in picks:
+                continue
             picks[name].append(correct.gather(1, idx[:, None]).squeeze(1).tolist())
             print(f"seed {seed}: {name:13} {100 * sum(picks[name][-1]) / N_PROMPTS:.1f}%", flush=True)
     print(f"\nbest of {a.n} (T {a.temperature}) vs greedy SFT ({100 * sum(greedy) / N_PROMPTS:.1f}%) on the report "
           f"card's {N_PROMPTS} prompts, seeds {a.seeds}: accuracy, difference [95% paired interval] in points")
-    result = {"n": a.n, "temperature": a.temperature, "seeds": a.seeds, "greedy_sft": sum(greedy) / N_PROMPTS}
+    result = {"n": a.n, "temperature": a.temperature, "seeds": a.seeds, "logprob_weight": a.logprob_weight,
+              "greedy_sft": sum(greedy) / N_PROMPTS}
     for name, ms in picks.items():
         pairs = [(m, greedy) for m in ms]
         pooled, by_prompt = pooled_paired_diff(pairs), paired_diff_by_prompt(pairs)
