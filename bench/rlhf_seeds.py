@@ -11,11 +11,12 @@ prompts, and compared with SFT prompt by prompt (camelid.tasks.stats): per seed,
 pooled (the seeds' pairs concatenated, as if independent) and by prompt (each prompt's difference
 averaged over the seeds first; the seeds share the prompts, so this is the interval to trust).
 
-Two controls, round 1's rejection sampling with the same settings and seed but another reward in place of the
+Three controls, round 1's rejection sampling with the same settings and seed but another reward in place of the
 reward models: `rs-random`, a random number (what fine-tuning on the policy's own samples gives without any
-preference), and `rs-judges`, the judges themselves (the gold control: what a perfect reward would give).
-What rejection sampling owes to the reward models is its difference from the first; the second bounds it.
-Not a test: about 7 minutes per seed on a 2-core CPU.
+preference), `rs-likeliest`, zero for every answer (with `rs.logprob_weight`, the pick is the sample the policy
+finds likeliest: what the reward models add to the policy's own belief), and `rs-judges`, the judges themselves
+(the gold control: what a perfect reward would give). What rejection sampling owes to the reward models is its
+difference from the first two; the last bounds it. Not a test: about 15 minutes per seed on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 
 N = 540  # held-out prompts, as the quickstart's report card
 RERUN = ("rs", "rm-helpful-2", "rs-2", "ppo")  # the steps run again with each seed
-POLICIES = ("rs", "rs-2", "ppo", "rs-random", "rs-judges")  # the ones compared with SFT
+POLICIES = ("rs", "rs-2", "ppo", "rs-random", "rs-likeliest", "rs-judges")  # the ones compared with SFT
 
 
 class RandomReward:
@@ -41,6 +42,16 @@ class RandomReward:
         import torch
 
         r = torch.randn(len(answers), generator=self.generator)
+        return {"combined": r, "helpful": r, "safety": None}
+
+
+class ZeroReward:
+    """The likeliest-sample control's reward: nothing, so that only rs.logprob_weight * log pi chooses."""
+
+    def score(self, prompts, answers):
+        import torch
+
+        r = torch.zeros(len(answers))
         return {"combined": r, "helpful": r, "safety": None}
 
 
@@ -81,7 +92,10 @@ def run_seed(run: Path, out: Path, seed: int) -> None:
             print(f"== seed {seed}: {step.name}", flush=True)
             REPORTS[step.stage](step, cfg, out / step.name)
         if step.name == "rs":
-            for name, reward in (("rs-random", RandomReward(seed)), ("rs-judges", JudgesReward())):
+            for name, reward in (("rs-random", RandomReward(seed)), ("rs-likeliest", ZeroReward()),
+                                 ("rs-judges", JudgesReward())):
+                if name == "rs-likeliest" and not cfg.rs.logprob_weight:
+                    continue  # without the policy's log-probability every answer ties: nothing to pick
                 print(f"== seed {seed}: {name} (a control)", flush=True)
                 rejection_sampling(cfg, out / name, scorer=reward)
 
@@ -109,6 +123,8 @@ def main():
                 m = card[stage]
             elif cached.exists():
                 m = json.loads(cached.read_text())
+            elif not (d / stage / "model").exists():
+                continue  # a control this recipe does not run
             else:
                 m = measure_policy(load_model(d / stage / "model"), tok, n=N, seed=0)["per_prompt"]
                 cached.write_text(json.dumps({k: m[k] for k in ("correct", "score")}))
@@ -120,6 +136,8 @@ def main():
     print(f"\nvs SFT ({100 * summary['sft_accuracy']:.1f}%) on the same {N} prompts, mean [95% paired normal "
           f"interval], percentage points; seeds {a.seeds}")
     for stage, ms in per_prompt.items():
+        if not ms:
+            continue
         s = summary[stage] = {}
         for key, scale, digits in (("correct", 100.0, 1), ("score", 1.0, 3)):
             pairs = [(m[key], card["sft"][key]) for m in ms]
