@@ -12,7 +12,7 @@ same pipeline as `camelid` commands; `--set STAGE.section.key=value` reaches any
     sft/        chat fine-tuning on the proving ground (camelid.tasks); held-out accuracy of base and SFT
     rm-helpful/ rm-safety/   round 1's reward models, with their accuracy by rating (Llama-2 Table 8) and on
                 the policy's own answers
-    rs/         round 1's rejection-sampling fine-tuning on the combined reward
+    rs/         round 1's rejection-sampling fine-tuning on the combined reward (plus the policy's log-probability)
     rm-helpful-2/ rs-2/      round 2 (Llama-2's iterative RLHF): the helpfulness RM on new pairs of the round-1
                 policy's answers plus round 1's, then rejection sampling on it
     ppo/        PPO on round 2's reward with a KL penalty to its starting policy
@@ -91,7 +91,7 @@ PIPELINE = [
     Step("rm-safety", "5. reward models, round 1 (Llama-2 §3.2.2): safety, on SFT and base-model answers",
          "rm", "quickstart-rm-safety", inputs={"model.init_from": "sft/model", "rm.base_model": "pretrain/model"},
          values={"rm.kind": "safety"}, group="rm"),
-    Step("rs", "6. rejection sampling, round 1: best of K by the combined reward, pooled, fine-tuned",
+    Step("rs", "6. rejection sampling, round 1: best of K by the combined reward + log pi, pooled, fine-tuned",
          "rs", "quickstart-rs", inputs={"model.init_from": "sft/model", "rs.reward_helpful": "rm-helpful/model",
                                         "rs.reward_safety": "rm-safety/model"}),
     Step("rm-helpful-2", "7. helpfulness reward model, round 2: new pairs of the round-1 policy's answers, trained "
