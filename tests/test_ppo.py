@@ -113,6 +113,9 @@ def test_regularized_best_of_k_weighs_the_policys_belief():
     assert torch.allclose(mixed, torch.tensor([[-1.0, 0.0], [-0.05, -1.4]])) and best_of_k(mixed).tolist() == [1, 0]
     cut = torch.tensor([[False, True], [False, False]])
     assert selection_scores(reward, cut, logp, 0.5)[0].tolist() == [-1.0, float("-inf")]
+    # a floor applies to the reward itself, log pi aside: 0.2 passes 0.15 though 0.2 - 0.25 < 0.15
+    floored = selection_scores(reward, torch.zeros_like(cut), logp, 0.5, min_reward=0.15)
+    assert torch.allclose(floored[1], torch.tensor([-0.05, float("-inf")]))
 
 
 class ShortAnswers:
@@ -147,7 +150,7 @@ def test_ppo_raises_a_known_reward_with_bounded_kl(smoke_run, tmp_path):
 
 def test_rejection_sampling_keeps_the_best_of_k():
     from camelid.rlhf.rewards import Prompt
-    from camelid.rlhf.rs import best_of_k, update_pool
+    from camelid.rlhf.rs import best_of_k, selection_scores, update_pool
 
     scores = torch.tensor([[0.1, 0.9, 0.5], [-1.0, -2.0, -0.5]])
     assert best_of_k(scores).tolist() == [1, 2]
@@ -161,7 +164,8 @@ def test_rejection_sampling_keeps_the_best_of_k():
     assert [(v["answer"], v["iteration"]) for v in pool.values()] == [("y", 1), ("s", 2)]
     # with a floor, the best of a prompt's answers enters only if it reaches it
     floor = {}
-    assert update_pool(floor, prompts, [["x", "y", "z"], ["p", "q", "r"]], scores, 1, min_score=0.0) == 1
+    floored = selection_scores(scores, torch.zeros_like(scores, dtype=torch.bool), min_reward=0.0)
+    assert update_pool(floor, prompts, [["x", "y", "z"], ["p", "q", "r"]], floored, 1) == 1
     assert [v["answer"] for v in floor.values()] == ["y"]
     # with a gain over the prompt's mean: [0.1, 0.9, 0.5] has mean 0.5, best 0.9 (+0.4); [-1, -2, -0.5]: -1.167
     # mean, best -0.5 (+0.667); a prompt whose answers all scored alike never enters
@@ -189,6 +193,19 @@ def test_rs_stage_raises_the_reward(smoke_run, tmp_path):
     assert (tmp_path / "rs" / "iter_2" / "best_of_n.png").exists()
     again = rejection_sampling(cfg, tmp_path / "rs", scorer=ShortAnswers())  # finished iterations are skipped
     assert again["history"] == h
+
+
+def test_rs_stage_with_logprob_weight_says_why_its_pool_is_empty(smoke_run, tmp_path, capsys):
+    """The regularized pick runs through the stage; a floor no answer reaches leaves the policy as it was and
+    says which setting emptied the pool (not that the answers were cut off)."""
+    from camelid.rlhf.rs import load_rs_config, rejection_sampling
+
+    cfg = load_rs_config(None, [f"model.init_from={smoke_run[0] / 'pretrain' / 'model'}", "rs.iterations=1",
+                                "rs.prompts_per_iteration=8", "rs.k=2", "rs.max_new_tokens=16", "rs.eval_n=4",
+                                "rs.batch_size=8", "rs.logprob_weight=0.5", "rs.min_reward=1.0", "log.progress=false"])
+    summary = rejection_sampling(cfg, tmp_path / "rs", scorer=ShortAnswers())  # rewards <= 0: none reaches 1.0
+    assert summary["history"][0]["pool_size"] == 0
+    assert "no prompt's best answer passed rs.min_reward / rs.min_gain" in capsys.readouterr().out
 
 
 def test_reward_model_from_lm_owns_its_weights():

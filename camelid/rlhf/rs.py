@@ -43,7 +43,9 @@ class RSSection:
     k: int = 10  # samples per prompt (Llama-2: 10-100)
     temperature: float = 1.2  # Llama-2: about 1.2-1.3 for K of 10-100
     max_new_tokens: int = 64
-    min_reward: float | None = None  # keep a best answer only if its combined reward reaches this (None: always)
+    # keep a best answer only if its combined reward reaches this (None: always); the reward is a calibrated logit,
+    # 0 meaning even odds that the answer is good
+    min_reward: float | None = None
     min_gain: float | None = None  # keep it only if it beats its prompt's mean reward by more (None: always)
     # choose by reward + logprob_weight * log pi(answer), pi the sampling policy: regularized best-of-K (Jinnai et
     # al. 2024), which trusts the reward model only where it outweighs what the policy already believes
@@ -81,27 +83,25 @@ def best_of_k(scores: torch.Tensor) -> torch.Tensor:
 
 
 def selection_scores(reward: torch.Tensor, cut: torch.Tensor, logp: torch.Tensor | None = None,
-                     logprob_weight: float = 0.0) -> torch.Tensor:
+                     logprob_weight: float = 0.0, min_reward: float | None = None) -> torch.Tensor:
     """What best-of-K maximises, [N, K]: the reward, plus logprob_weight * log pi(answer) when given (regularized
-    best-of-N: a sample the policy itself finds unlikely needs a larger reward to win), -inf for answers cut off
-    at max_new_tokens."""
-    scores = reward.masked_fill(cut, float("-inf"))
-    return scores if logp is None else scores + logprob_weight * logp
+    best-of-N: a sample the policy itself finds unlikely needs a larger reward to win); -inf for answers cut off
+    at max_new_tokens and, with `min_reward`, for answers whose reward (not counting log pi) is below it."""
+    out = reward.masked_fill(cut, float("-inf"))
+    if min_reward is not None:
+        out = out.masked_fill(reward < min_reward, float("-inf"))
+    return out if logp is None else out + logprob_weight * logp
 
 
 def update_pool(pool: dict, prompts: list[Prompt], answers: list[list[str]], scores: torch.Tensor,
-                iteration: int, min_score: float | None = None, min_gain: float | None = None) -> int:
+                iteration: int, min_gain: float | None = None) -> int:
     """Keep, for every prompt, the best answer over all iterations (-inf scores never enter: answers cut
-    off at max_new_tokens would teach the policy to stop mid-sentence). With `min_score`, a best answer
-    scoring below it does not enter either (the combined reward is a calibrated logit: 0 means even odds that
-    the answer is good). With `min_gain`, a best answer enters only if it beats the mean of its prompt's
+    off at max_new_tokens, or below rs.min_reward; see `selection_scores`). With `min_gain`, a best answer enters only if it beats the mean of its prompt's
     finished answers by more than that: a comparison within the prompt, the one thing a reward model that
     ranks prompts by its own biases still gets right (a threshold across prompts kept 83 of 768 answers, most
     of them the parity answer the reward model favours whatever the number, and fine-tuning on them took
     parity from 80% to 31%). With min_gain 0, prompts whose answers all scored alike (K copies of one
     answer) add nothing. Returns how many prompts improved."""
-    if min_score is not None:
-        scores = scores.masked_fill(scores < min_score, float("-inf"))
     if min_gain is not None:
         finite = scores.isfinite()
         mean = scores.where(finite, 0.0).sum(1) / finite.sum(1).clamp(min=1)
@@ -193,8 +193,8 @@ def rs_body(cfg: RSConfig, ctx: RunContext, scorer=None) -> dict:
                                       sample_seeds(r.seed, it, len(prompts) * r.k), bool(r.logprob_weight))
         flat = score_shares(scorer, [p for p in prompts for _ in range(r.k)], [a for cands in answers for a in cands])
         raw = flat["combined"].view(len(prompts), r.k)
-        scores = selection_scores(raw, torch.tensor(cut), logp, r.logprob_weight)
-        improved = update_pool(pool, prompts, answers, scores, it, r.min_reward, r.min_gain)  # same pool on every rank
+        scores = selection_scores(raw, torch.tensor(cut), logp, r.logprob_weight, r.min_reward)
+        improved = update_pool(pool, prompts, answers, scores, it, min_gain=r.min_gain)  # same pool on every rank
         if ctx.is_main:
             write_pool(it_dir, pool)
         barrier()  # every rank's SFT reads sft.jsonl
@@ -204,9 +204,12 @@ def rs_body(cfg: RSConfig, ctx: RunContext, scorer=None) -> dict:
             sft(pool_sft_config(cfg, policy_path, it_dir / "sft.jsonl", it), it_dir / "sft", resume=True, quiet=True)
             policy_path = it_dir / "sft" / "model"
             policy = load_model(policy_path, device=device, dtype=torch.float32)
-        else:
+        elif all(map(all, cut)):
             ctx.say(f"rs iteration {it}: every sample was cut off at {r.max_new_tokens} tokens; nothing to fine-tune "
                     f"on (raise rs.max_new_tokens); the policy is unchanged")
+        else:
+            ctx.say(f"rs iteration {it}: no prompt's best answer passed rs.min_reward / rs.min_gain; nothing to "
+                    f"fine-tune on (lower them); the policy is unchanged")
         finite = scores.max(1).values.isfinite()
         row = {"iteration": it, "sample_mean": raw.mean().item(), "truncated": float(torch.tensor(cut).float().mean()),
                "best_mean": scores.max(1).values[finite].mean().item() if finite.any() else float("nan"),
