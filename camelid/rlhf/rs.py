@@ -95,12 +95,12 @@ def selection_scores(reward: torch.Tensor, cut: torch.Tensor, logp: torch.Tensor
 
 def update_pool(pool: dict, prompts: list[Prompt], answers: list[list[str]], scores: torch.Tensor,
                 iteration: int, min_gain: float | None = None) -> int:
-    """Keep, for every prompt, the best answer over all iterations (-inf scores never enter: answers cut
-    off at max_new_tokens, or below rs.min_reward; see `selection_scores`). With `min_gain`, a best answer enters only if it beats the mean of its prompt's
-    finished answers by more than that: a comparison within the prompt, the one thing a reward model that
-    ranks prompts by its own biases still gets right (a threshold across prompts kept 83 of 768 answers, most
-    of them the parity answer the reward model favours whatever the number, and fine-tuning on them took
-    parity from 80% to 31%). With min_gain 0, prompts whose answers all scored alike (K copies of one
+    """Keep, for every prompt, the best answer over all iterations (-inf scores never enter: answers cut off at
+    max_new_tokens, or below rs.min_reward; see `selection_scores`). With `min_gain`, a best answer enters only if
+    it beats the mean of its prompt's finished answers by more than that: a comparison within the prompt, the one
+    thing a reward model that ranks prompts by its own biases still gets right (a threshold across prompts kept 83
+    of 768 answers, most of them the parity answer the reward model favours whatever the number, and fine-tuning on
+    them took parity from 80% to 31%). With min_gain 0, prompts whose answers all scored alike (K copies of one
     answer) add nothing. Returns how many prompts improved."""
     if min_gain is not None:
         finite = scores.isfinite()
