@@ -13,8 +13,9 @@ does; `uppercase`, `reverse`, `add` and `bible` (closed-book facts from the pre-
 low, with graded partial credit.
 
 The ladder of difficulty: a task's items come in rungs, easiest first, and a question draws its rung
-uniformly before its item. The top rung is the task's original items; the lower rungs are new, easier
-items (two-letter words, one-digit numbers, saying a word once or twice) so that a small model has items
+uniformly before its item. The top rung is the task's original items; the lower rungs are easier items,
+mostly new (two-letter words, one-digit numbers, saying a word once or twice; the word tasks' middle rung is
+the original words of at most four letters) so that a small model has items
 at the edge of its ability, where its samples sometimes succeed and rejection sampling and PPO have
 something to choose. Every rung's items are split by the same hash, and the judges grade them unchanged.
 `parity` (already learnt), `bible` (a closed-book fact: nothing easier to ask) and `safety` have one rung.
@@ -140,7 +141,7 @@ class Task:
     grade: Callable[[dict, str], float]  # (item info, answer) -> [0, 1]
     level: str = ""  # easy | medium | hard: of the top rung (for the docs)
     words_answer: bool = False  # the answer is made of letters (usable in GAtt dialogs)
-    easier: tuple = ()  # the ladder's lower rungs, easiest first: split -> item pool of new, easier items
+    easier: tuple = ()  # the ladder's lower rungs, easiest first: split -> item pool of easier items
 
     @property
     def rungs(self) -> list[Callable[[str], list]]:
