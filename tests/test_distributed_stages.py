@@ -27,7 +27,8 @@ STAGES = {
            "--set", "rm.samples=1", "--set", "rm.batch_pairs=8", "--set", "rm.max_len=96"],  # warmup >= 5 steps
     # 5 prompts x K 2 and 5 held-out prompts: the ranks' shares differ in size (3 and 2)
     "rs": ["--set", "rs.prompts_per_iteration=5", "-k", "2", "--set", "rs.max_new_tokens=24", "--set", "rs.eval_n=5",
-           "--set", "rs.batch_size=4", "--set", "rs.temperature=1.0", "--set", "train.lr=1e-3"],
+           "--set", "rs.batch_size=4", "--set", "rs.temperature=1.0", "--set", "train.lr=1e-3",
+           "--set", "rs.logprob_weight=0.5"],  # the regularized pick: each rank scores its share of log pi
     "ppo": ["--set", "ppo.rollout_batch=8", "--set", "ppo.minibatch=4", "--set", "ppo.max_new_tokens=16",
             "--set", "ppo.eval_every=1", "--set", "ppo.eval_n=5", "--set", "ppo.patience=0",
             "--set", "train.lr=1e-3", "--set", "ppo.value_lr=1e-3", "--set", "ppo.beta=0.05"],
