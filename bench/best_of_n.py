@@ -64,19 +64,18 @@ def main():
         outs = sample_answers(model, ids, 24, a.temperature, tok.eos_id,
                               seeds=[seed * 1_000_000 + i for i in range(len(ids))])  # answers up to 24 tokens
         texts = [tok.decode(o).strip() for o in outs]
-        logp = answer_logprobs(model, ids, [o + [tok.eos_id] for o in outs], "cpu").view(N_PROMPTS, a.n)
         gold = gold_scores(flat_prompts, texts).view(N_PROMPTS, a.n)  # the report card's score
         correct = (gold >= 1.0 - 1e-9).int()
-        chosen = {"random": torch.zeros(N_PROMPTS, dtype=torch.long), "judges": gold.argmax(1),
-                  "likeliest": logp.argmax(1)}
+        chosen = {"random": torch.zeros(N_PROMPTS, dtype=torch.long), "judges": gold.argmax(1)}
+        if a.logprob_weight:  # the SFT model's log-probability of each sample, only when a pick uses it
+            logp = answer_logprobs(model, ids, [o + [tok.eos_id] for o in outs], "cpu").view(N_PROMPTS, a.n)
+            chosen["likeliest"] = logp.argmax(1)
         for name, scorer in rounds.items():
             reward = scorer.score(flat_prompts, texts)["combined"].view(N_PROMPTS, a.n)
             chosen[name] = reward.argmax(1)
             for w in a.logprob_weight:
                 chosen[f"{name} + {w:g} logp"] = (reward + w * logp).argmax(1)
         for name, idx in chosen.items():
-            if name not in picks:
-                continue
             picks[name].append(correct.gather(1, idx[:, None]).squeeze(1).tolist())
             print(f"seed {seed}: {name:13} {100 * sum(picks[name][-1]) / N_PROMPTS:.1f}%", flush=True)
     print(f"\nbest of {a.n} (T {a.temperature}) vs greedy SFT ({100 * sum(greedy) / N_PROMPTS:.1f}%) on the report "

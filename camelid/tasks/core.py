@@ -251,9 +251,12 @@ def _grade_parity(info, answer):
     return 0.1 if a in ("odd", "even") else 0.0
 
 
+def _pair_key(p) -> str:
+    return f"{p[0]},{p[1]}"
+
+
 def _pairs(split, lo=10, hi=99):
-    return _pool([(a, b) for a in range(lo, hi + 1) for b in range(lo, hi + 1) if a != b], split,
-                 key=lambda p: f"{p[0]},{p[1]}")
+    return _pool([(a, b) for a in range(lo, hi + 1) for b in range(lo, hi + 1) if a != b], split, key=_pair_key)
 
 
 def _digit_pairs(split):
@@ -262,8 +265,7 @@ def _digit_pairs(split):
 
 def _mixed_pairs(split):
     """A one-digit number and a two-digit one, either first."""
-    return _pool([p for a in range(1, 10) for b in range(10, 100) for p in ((a, b), (b, a))], split,
-                 key=lambda p: f"{p[0]},{p[1]}")
+    return _pool([p for a in range(1, 10) for b in range(10, 100) for p in ((a, b), (b, a))], split, key=_pair_key)
 
 
 def _ask_compare(rng, p):
@@ -352,13 +354,16 @@ def _graded(grade):
 
 HELPFUL_TASKS = [
     Task("parity", "helpful", _numbers, _ask_parity, _graded(_grade_parity), "easy"),
-    Task("repeat", "helpful", _words, _ask_repeat, _graded(_grade_repeat), "medium", True, (_say_once, _say_twice)),
-    Task("compare", "helpful", _pairs, _ask_compare, _graded(_grade_compare), "medium", False,
-         (_digit_pairs, _mixed_pairs)),
-    Task("count", "helpful", _words, _ask_count, _graded(_grade_number), "medium", False, WORD_RUNGS),
-    Task("kill", "helpful", _pids, _ask_kill, _graded(_grade_kill), "medium", False, (_short_pids,)),
-    Task("uppercase", "helpful", _words, _ask_upper, _graded(_grade_upper), "hard", True, WORD_RUNGS),
-    Task("reverse", "helpful", _words, _ask_reverse, _graded(_grade_reverse), "hard", True, WORD_RUNGS),
-    Task("add", "helpful", _pairs, _ask_add, _graded(_grade_number), "hard", False, (_digit_pairs, _mixed_pairs)),
+    Task("repeat", "helpful", _words, _ask_repeat, _graded(_grade_repeat), "medium", words_answer=True,
+         easier=(_say_once, _say_twice)),
+    Task("compare", "helpful", _pairs, _ask_compare, _graded(_grade_compare), "medium",
+         easier=(_digit_pairs, _mixed_pairs)),
+    Task("count", "helpful", _words, _ask_count, _graded(_grade_number), "medium", easier=WORD_RUNGS),
+    Task("kill", "helpful", _pids, _ask_kill, _graded(_grade_kill), "medium", easier=(_short_pids,)),
+    Task("uppercase", "helpful", _words, _ask_upper, _graded(_grade_upper), "hard", words_answer=True,
+         easier=WORD_RUNGS),
+    Task("reverse", "helpful", _words, _ask_reverse, _graded(_grade_reverse), "hard", words_answer=True,
+         easier=WORD_RUNGS),
+    Task("add", "helpful", _pairs, _ask_add, _graded(_grade_number), "hard", easier=(_digit_pairs, _mixed_pairs)),
     Task("bible", "helpful", _books, _ask_bible, _graded(_grade_bible), "hard", words_answer=True),
 ]
