@@ -86,14 +86,15 @@ def test_kl_is_zero_for_identical_policies():
 
 def test_answer_logprobs_sum_the_answer_tokens_only():
     """log pi(answer | prompt) by hand: log-softmax of one forward, the answer's tokens picked out, prompt and
-    padding left out."""
+    padding left out, whatever the chunks the rows are sorted into."""
     from camelid.model import ModelArgs, Transformer
     from camelid.rlhf.rollout import answer_logprobs
 
     torch.manual_seed(0)
     model = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=50, ffn_hidden_dim=64)).eval()
-    prompts, answers = [[1, 5, 6], [1, 7]], [[8, 9, 2], [10, 2]]
+    prompts, answers = [[1, 5, 6], [1, 7], [1, 5, 6, 7, 8, 9, 3]], [[8, 9, 2], [10, 2], [4, 4, 2]]
     got = answer_logprobs(model, prompts, answers, "cpu")
+    assert torch.allclose(answer_logprobs(model, prompts, answers, "cpu", chunk=2), got, atol=1e-5)  # rows in place
     for i, (p, a) in enumerate(zip(prompts, answers)):
         seq = torch.tensor([p + a])
         lp = torch.log_softmax(model(seq).float(), -1)[0]

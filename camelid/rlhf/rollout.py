@@ -99,13 +99,24 @@ def sequence_logprobs(model, inp, target, mask, chunk: int = 16, temperature: fl
 
 
 @torch.no_grad()
-def answer_logprobs(model, prompt_ids: list[list[int]], answers: list[list[int]], device) -> torch.Tensor:
-    """Per answer [n]: sum_t log model(y_t | prompt, y_<t) over the answer's tokens (temperature 1)."""
-    if not answers:
-        return torch.zeros(0, device=device)
-    tokens, mask, resp = answer_batch(prompt_ids, answers)
-    inp, tgt, m, rm = (x.to(device) for x in (tokens[:, :-1], tokens[:, 1:], mask[:, :-1], resp[:, 1:]))
-    return (sequence_logprobs(model, inp, tgt, m) * rm).sum(1)
+def answer_logprobs(model, prompt_ids: list[list[int]], answers: list[list[int]], device,
+                    chunk: int = 32) -> torch.Tensor:
+    """Per answer [n]: sum_t log model(y_t | prompt, y_<t) over the answer's tokens (temperature 1).
+
+    Rows go through in chunks of similar length (little padding), and only the answer positions are projected
+    to the vocabulary: RS scores K answers for every prompt, and [chunk, T, vocab] logits of whole rows, freed
+    and reallocated at every size, grew the process by gigabytes (the allocator keeps them)."""
+    out = torch.zeros(len(answers), device=device)
+    order = sorted(range(len(answers)), key=lambda r: len(prompt_ids[r]) + len(answers[r]))
+    for i in range(0, len(order), chunk):
+        rows = order[i:i + chunk]
+        tokens, mask, resp = answer_batch([prompt_ids[r] for r in rows], [answers[r] for r in rows])
+        inp, tgt, m, rm = (x.to(device) for x in (tokens[:, :-1], tokens[:, 1:], mask[:, :-1], resp[:, 1:]))
+        h = model.hidden(inp, positions=batch_positions(m), mask=m)[rm]  # [answer tokens, dim]
+        logp = torch.log_softmax(model.output(h).float(), dim=-1).gather(-1, tgt[rm].unsqueeze(-1)).squeeze(-1)
+        which = torch.arange(len(rows), device=device)[:, None].expand_as(rm)[rm]  # each answer token's row
+        out[torch.tensor(rows, device=device)] = torch.zeros(len(rows), device=device).index_add_(0, which, logp)
+    return out
 
 
 def sequence_kl(policy, ref, prompt_ids, outs, eos_id, device) -> torch.Tensor:
