@@ -74,9 +74,12 @@ def seed_sets(seed: int) -> list[str]:
             f"ppo.ppo.seed={10 * seed}"] + [f"{step}.train.seed={seed}" for step in RERUN]
 
 
-def run_seed(run: Path, out: Path, seed: int) -> None:
+CONTROLS = {"rs-random": RandomReward, "rs-likeliest": lambda seed: ZeroReward(), "rs-judges": lambda seed: JudgesReward()}
+
+
+def run_seed(run: Path, out: Path, seed: int, controls=tuple(CONTROLS)) -> None:
     """The steps of RERUN in `out`, reading the earlier steps' outputs from `run` (seed 0: the quickstart's run
-    made them), and the controls."""
+    made them), and the named controls."""
     from camelid.config import replace_keys, validate
     from camelid.quickstart import PIPELINE, REPORTS, route_overrides, step_config
     from camelid.rlhf.rs import rejection_sampling
@@ -92,12 +95,11 @@ def run_seed(run: Path, out: Path, seed: int) -> None:
             print(f"== seed {seed}: {step.name}", flush=True)
             REPORTS[step.stage](step, cfg, out / step.name)
         if step.name == "rs":
-            for name, reward in (("rs-random", RandomReward(seed)), ("rs-likeliest", ZeroReward()),
-                                 ("rs-judges", JudgesReward())):
+            for name in controls:
                 if name == "rs-likeliest" and not cfg.rs.logprob_weight:
                     continue  # without the policy's log-probability every answer ties: nothing to pick
                 print(f"== seed {seed}: {name} (a control)", flush=True)
-                rejection_sampling(cfg, out / name, scorer=reward)
+                rejection_sampling(cfg, out / name, scorer=CONTROLS[name](seed))
 
 
 def main():
@@ -105,6 +107,8 @@ def main():
     p.add_argument("--run", required=True, help="a finished quickstart output directory")
     p.add_argument("--out", default="runs/rlhf-seeds")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--controls", nargs="*", choices=list(CONTROLS), default=list(CONTROLS),
+                   help="the controls to run (each is one more round-1 rejection sampling per seed); none: --controls")
     a = p.parse_args()
     from camelid.checkpoint import load_checkpoint, load_model
     from camelid.report_card import PROMPTS_FILE, measure_policy
@@ -116,7 +120,7 @@ def main():
     per_prompt: dict[str, list[dict]] = {stage: [] for stage in POLICIES}
     for seed in a.seeds:
         d = out / f"seed{seed}"
-        run_seed(run, d, seed)
+        run_seed(run, d, seed, a.controls)
         for stage in POLICIES:
             cached = d / f"{stage}_per_prompt.json"
             if seed == 0 and stage in card:

@@ -99,7 +99,7 @@ PIPELINE = [
          inputs={"model.init_from": "rm-helpful/model", "rm.policy": "rs/model",
                  "rm.previous": "rm-helpful/pairs_train.jsonl"}, values={"rm.kind": "helpful"}, group="rm-2"),
     Step("rs-2", "8. rejection sampling, round 2, on the round-2 reward model",
-         "rs", "quickstart-rs", inputs={"model.init_from": "rs/model", "rs.reward_helpful": "rm-helpful-2/model",
+         "rs", "quickstart-rs-2", inputs={"model.init_from": "rs/model", "rs.reward_helpful": "rm-helpful-2/model",
                                         "rs.reward_safety": "rm-safety/model"}, values={"rs.seed": 1}),
     Step("ppo", "9. PPO, round 2: combined reward, each answer against its prompt's others, minus beta * KL",
          "ppo", "quickstart-ppo", inputs={"model.init_from": "rs-2/model", "ppo.reward_helpful": "rm-helpful-2/model",
