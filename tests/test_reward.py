@@ -187,3 +187,33 @@ def test_reward_model_where_a_language_model_belongs_is_one_line(smoke_run, tmp_
     r = camelid(argv[0], flag, rm, *[a.format(tmp=tmp_path, rm=rm) for a in argv[1:]])
     assert r.returncode == 2, r.stderr[-2000:]
     assert "reward model" in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_scorer_reads_pairs_by_length_and_returns_them_in_order(smoke_run):
+    """RewardScorer.score reads the pairs shortest first, batch_size at a time, each batch padded to its own
+    longest; every score is the one the pair gets alone, in the caller's order; score_shares (one process here,
+    whole batches per rank under torchrun) gives the same tensors."""
+    from camelid.checkpoint import load_checkpoint
+    from camelid.rlhf.rewards import Prompt
+    from camelid.rlhf.rollout import score_shares
+    from camelid.rlhf.rs import load_scorer
+
+    run = smoke_run[0]
+    scorer = load_scorer(str(run / "rm-helpful" / "model"), str(run / "rm-safety" / "model"),
+                         load_checkpoint(run / "sft" / "model").tokenizer(), "cpu")
+    scorer.batch_size = 3
+    prompts = [Prompt([{"role": "user", "content": f"Is {n} odd or even? " * (n % 4 + 1)}], is_safety=n % 3 == 0)
+               for n in (7, 12, 3, 99, 40, 5, 18)]
+    answers = ["odd", "even, because twelve is two times six", "", "odd", "even even even", "odd", "even"]
+    got = scorer.score(prompts, answers)
+    lengths = [len(s) for s in scorer._encode(prompts, answers)]
+    batches = scorer.batches(prompts, answers)
+    read = [i for b in batches for i in b]
+    assert sorted(read) == list(range(7)) and [lengths[i] for i in read] == sorted(lengths)
+    assert [len(b) for b in batches] == [3, 3, 1] and len(set(lengths)) > 3  # mixed lengths, a short last batch
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        alone = scorer.score([p], [a])
+        for key in ("helpful", "safety", "combined"):
+            assert abs(alone[key][0] - got[key][i]) <= 1e-5, (i, key)
+    shares = score_shares(scorer, prompts, answers)
+    assert all(torch.equal(shares[key], got[key]) for key in got)

@@ -59,12 +59,24 @@ def sample_shares(ctx, policy, prompt_ids: list[list[int]], max_new_tokens: int,
 
 def score_shares(scorer, prompts: list, answers: list[str]) -> dict:
     """scorer.score over all (prompt, answer) pairs, each rank scoring its share: {"helpful", "safety" (or
-    None), "combined"} tensors in global order on every rank. The reward models pad every batch to the
-    longest sequence of all pairs, so a score does not depend on which rank computed it."""
-    mine = share(len(prompts))
-    pad = {"pad_to": scorer.longest(prompts, answers)} if hasattr(scorer, "longest") else {}  # a test's scorer: none
-    part = scorer.score(prompts[mine.start:mine.stop], answers[mine.start:mine.stop], **pad)
-    return {k: None if v is None else gather_rows(v) for k, v in part.items()}
+    None), "combined"} tensors in global order on every rank. A score's last bits depend on the batch it is
+    read in, so a rank scores whole batches of the reward models' own batching of all pairs, in their order:
+    the scorer then batches a rank's share as one process batches them all."""
+    if not hasattr(scorer, "batches"):  # a test's scorer: its scores do not depend on the split
+        mine = share(len(prompts))
+        part = scorer.score(prompts[mine.start:mine.stop], answers[mine.start:mine.stop])
+        return {k: None if v is None else gather_rows(v) for k, v in part.items()}
+    batches = scorer.batches(prompts, answers)
+    read = torch.tensor([i for b in batches for i in b], dtype=torch.long)  # pair index of each score read
+    mine = share(len(batches))
+    rows = [i for b in batches[mine.start:mine.stop] for i in b]
+    part = scorer.score([prompts[i] for i in rows], [answers[i] for i in rows])
+
+    def in_place(v):
+        full = v.new_empty(len(prompts))
+        full[read] = gather_rows(v)
+        return full
+    return {k: None if v is None else in_place(v) for k, v in part.items()}
 
 
 def rows_of_share(fn, n: int) -> torch.Tensor:
