@@ -16,7 +16,7 @@ reward models: `rs-random`, a random number (what fine-tuning on the policy's ow
 preference), `rs-likeliest`, zero for every answer (with `rs.logprob_weight`, the pick is the sample the policy
 finds likeliest: what the reward models add to the policy's own belief), and `rs-judges`, the judges themselves
 (the gold control: what a perfect reward would give). What rejection sampling owes to the reward models is its
-difference from the first two; the last bounds it. Not a test: about 15 minutes per seed on a 2-core CPU.
+difference from the first two; the last bounds it. Not a test: about 7 minutes per seed on a 2-core CPU, and 2-4 more per control.
 """
 
 from __future__ import annotations
