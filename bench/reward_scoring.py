@@ -7,8 +7,8 @@ quickstart's first round); PPO scores every rollout. The pairs here are a finish
 prompts and answers of its round-1 pool (`rs/iter_1/pool.jsonl`, chat format, the proving ground's mixed
 lengths), scored by its helpfulness reward model, batch 16, in four ways:
 
-- camelid: `RewardScorer` as RS and PPO call it: the pairs read shortest first, each batch padded to its own
-  longest, scores returned in the caller's order;
+- camelid: the reward model read as `RewardScorer` reads it for RS and PPO: the pairs shortest first, each
+  batch padded to its own longest (raw scores: the scorer's calibration is one affine map on top);
 - camelid, one length: the reading before (every batch padded to the longest pair of all, so that torchrun ranks
   scoring shares of one list agreed on every bit);
 - transformers: `LlamaForSequenceClassification` of the same weights (`camelid convert --to hf`), batches in the
@@ -77,11 +77,11 @@ def main():
     tok = load_checkpoint(run / "sft" / "model").tokenizer()
     rm = load_model(run / "rm-helpful" / "model").eval()
     scorer = RewardScorer(rm, None, tok, batch_size=a.batch)
-    seqs = scorer._encode([Prompt(r["messages"]) for r in rows], [r["answer"] for r in rows])
+    seqs = scorer.encode([Prompt(r["messages"]) for r in rows], [r["answer"] for r in rows])
     with tempfile.TemporaryDirectory(prefix="camelid-rm-hf-") as d:
         convert(run / "rm-helpful" / "model", Path(d) / "hf", "hf")
         hf = transformers.LlamaForSequenceClassification.from_pretrained(Path(d) / "hf").eval()
-    by_length, ordered = scorer._batches(seqs), in_order(len(seqs), a.batch)
+    by_length, ordered = scorer.batches(seqs), in_order(len(seqs), a.batch)
     longest = max(len(s) for s in seqs)
     methods = {
         "camelid": lambda: camelid_scores(rm, seqs, by_length),

@@ -206,8 +206,9 @@ def test_scorer_reads_pairs_by_length_and_returns_them_in_order(smoke_run):
                for n in (7, 12, 3, 99, 40, 5, 18)]
     answers = ["odd", "even, because twelve is two times six", "", "odd", "even even even", "odd", "even"]
     got = scorer.score(prompts, answers)
-    lengths = [len(s) for s in scorer._encode(prompts, answers)]
-    batches = scorer.batches(prompts, answers)
+    seqs = scorer.encode(prompts, answers)
+    lengths = [len(s) for s in seqs]
+    batches = scorer.batches(seqs)
     read = [i for b in batches for i in b]
     assert sorted(read) == list(range(7)) and [lengths[i] for i in read] == sorted(lengths)
     assert [len(b) for b in batches] == [3, 3, 1] and len(set(lengths)) > 3  # mixed lengths, a short last batch

@@ -54,40 +54,48 @@ class RewardScorer:
         self.max_len = max_len or helpful.args.max_seq_len
         self.batch_size = batch_size
 
-    def _encode(self, prompts: list[Prompt], answers: list[str]) -> list[list[int]]:
+    def encode(self, prompts: list[Prompt], answers: list[str]) -> list[list[int]]:
         return [encode_reply(self.tok, p.messages, a, self.max_len) for p, a in zip(prompts, answers)]
 
-    def batches(self, prompts: list[Prompt], answers: list[str]) -> list[list[int]]:
-        """The pairs' indices as `score` batches them: by length, shortest first (ties in order), batch_size at
-        a time, each batch padded to its own longest. Pairs of mixed lengths padded to the longest of all cost
-        three times the tokens (RS's pool: mean 41 tokens, longest 121)."""
-        return self._batches(self._encode(prompts, answers))
-
-    def _batches(self, seqs: list[list[int]]) -> list[list[int]]:
+    def batches(self, seqs: list[list[int]]) -> list[list[int]]:
+        """The indices of encoded pairs as the reward models read them: shortest first (ties in order),
+        batch_size at a time, each batch padded to its own longest. Pairs of mixed lengths padded to the longest
+        of all cost three times the tokens (RS's pool: mean 41 tokens, longest 121)."""
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     @torch.no_grad()
-    def _score(self, model: RewardModel, seqs: list[list[int]], batches: list[list[int]]) -> torch.Tensor:
+    def _read(self, model: RewardModel, seqs: list[list[int]], batches: list[list[int]]) -> torch.Tensor:
         device = next(model.parameters()).device
-        out = torch.zeros(len(seqs))
+        out = []
         for b in batches:
             tokens, mask = pad_right([seqs[i] for i in b])
-            out[b] = model.calibrated_logit(model(tokens.to(device), mask=mask.to(device))).float().cpu()
-        return out
+            out.append(model.calibrated_logit(model(tokens.to(device), mask=mask.to(device))).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0)
 
-    def score(self, prompts: list[Prompt], answers: list[str]) -> dict[str, torch.Tensor]:
-        """{"helpful", "safety", "combined"}: calibrated logits per answer (combined: Llama-2 eq. 4), read in
-        `batches`. A score's last bits depend on its batch: torchrun ranks score whole batches of the full list
-        (`rollout.score_shares`), so that each score is the one-process score."""
-        seqs = self._encode(prompts, answers)
-        batches = self._batches(seqs)
-        helpful = self._score(self.helpful, seqs, batches)
+    def score_batches(self, prompts: list[Prompt], seqs: list[list[int]], batches: list[list[int]]) -> dict:
+        """{"helpful", "safety", "combined"} of the pairs in `batches`, in the order read (batch after batch). A
+        score's last bits depend on its batch: torchrun ranks each score whole batches of one list's `batches`
+        (`rollout.score_shares`), so that every score is the one-process score."""
+        helpful = self._read(self.helpful, seqs, batches)
         if self.safety is None:
             return {"helpful": helpful, "safety": None, "combined": helpful}
-        safety = self._score(self.safety, seqs, batches)
-        is_safety = torch.tensor([p.is_safety for p in prompts])
+        safety = self._read(self.safety, seqs, batches)
+        is_safety = torch.tensor([prompts[i].is_safety for b in batches for i in b], dtype=torch.bool)
         return {"helpful": helpful, "safety": safety, "combined": combined_reward(helpful, safety, is_safety)}
+
+    def score(self, prompts: list[Prompt], answers: list[str]) -> dict[str, torch.Tensor]:
+        """{"helpful", "safety", "combined"}: calibrated logits per answer (combined: Llama-2 eq. 4), in the
+        caller's order."""
+        seqs = self.encode(prompts, answers)
+        batches = self.batches(seqs)
+        return in_caller_order(self.score_batches(prompts, seqs, batches), batches)
+
+
+def in_caller_order(scores: dict, batches: list[list[int]]) -> dict:
+    """Scores read batch after batch (`RewardScorer.batches`, all of them) -> the pairs' own order."""
+    read = torch.tensor([i for b in batches for i in b], dtype=torch.long)
+    return {k: None if v is None else v.new_empty(len(read)).index_copy_(0, read, v) for k, v in scores.items()}
 
 
 # ------------------------------------------------------------------------------------------------ settings

@@ -19,6 +19,7 @@ from camelid.infer.sampling import SamplingParams
 from camelid.parallel.collectives import gather_objects, gather_rows, share
 from camelid.rlhf.gold import gold_scores
 from camelid.rlhf.ppo_math import token_logprobs
+from camelid.rlhf.rewards import in_caller_order
 
 SEED_STRIDE = 1_000_003  # a prime above any batch size: (seed, iteration, index) -> distinct seeds
 
@@ -60,23 +61,16 @@ def sample_shares(ctx, policy, prompt_ids: list[list[int]], max_new_tokens: int,
 def score_shares(scorer, prompts: list, answers: list[str]) -> dict:
     """scorer.score over all (prompt, answer) pairs, each rank scoring its share: {"helpful", "safety" (or
     None), "combined"} tensors in global order on every rank. A score's last bits depend on the batch it is
-    read in, so a rank scores whole batches of the reward models' own batching of all pairs, in their order:
-    the scorer then batches a rank's share as one process batches them all."""
+    read in, so a rank scores whole batches of the reward models' own batching of all pairs."""
     if not hasattr(scorer, "batches"):  # a test's scorer: its scores do not depend on the split
         mine = share(len(prompts))
         part = scorer.score(prompts[mine.start:mine.stop], answers[mine.start:mine.stop])
         return {k: None if v is None else gather_rows(v) for k, v in part.items()}
-    batches = scorer.batches(prompts, answers)
-    read = torch.tensor([i for b in batches for i in b], dtype=torch.long)  # pair index of each score read
+    seqs = scorer.encode(prompts, answers)
+    batches = scorer.batches(seqs)
     mine = share(len(batches))
-    rows = [i for b in batches[mine.start:mine.stop] for i in b]
-    part = scorer.score([prompts[i] for i in rows], [answers[i] for i in rows])
-
-    def in_place(v):
-        full = v.new_empty(len(prompts))
-        full[read] = gather_rows(v)
-        return full
-    return {k: None if v is None else in_place(v) for k, v in part.items()}
+    part = scorer.score_batches(prompts, seqs, batches[mine.start:mine.stop])
+    return in_caller_order({k: None if v is None else gather_rows(v) for k, v in part.items()}, batches)
 
 
 def rows_of_share(fn, n: int) -> torch.Tensor:
@@ -126,8 +120,7 @@ def answer_logprobs(model, prompt_ids: list[list[int]], answers: list[list[int]]
         inp, tgt, m, rm = (x.to(device) for x in (tokens[:, :-1], tokens[:, 1:], mask[:, :-1], resp[:, 1:]))
         h = model.hidden(inp, positions=batch_positions(m), mask=m)[rm]  # [answer tokens, dim]
         logp = torch.log_softmax(model.output(h).float(), dim=-1).gather(-1, tgt[rm].unsqueeze(-1)).squeeze(-1)
-        which = torch.arange(len(rows), device=device)[:, None].expand_as(rm)[rm]  # each answer token's row
-        out[torch.tensor(rows, device=device)] = torch.zeros(len(rows), device=device).index_add_(0, which, logp)
+        out.index_add_(0, torch.tensor(rows, device=device)[:, None].expand_as(rm)[rm], logp)  # by answer
     return out
 
 
