@@ -1,14 +1,15 @@
 """Best of n answers by the reward models against greedy SFT, on the report card's held-out prompts.
 
-    python bench/best_of_n.py --run runs/quickstart --n 4 --seeds 0 1 2
+    python bench/best_of_n.py --run runs/quickstart --n 4 --seeds 0 1 2 --logprob-weight 1
 
 The SFT model answers each of the report card's 540 held-out prompts n times (temperature 0.7, as rejection
-sampling draws them, answers up to 24 tokens as the report card's); the combined reward of a round's reward
-models (Llama-2 eq. 4) picks one. Each pick is judged as the report card judges greedy answers (correct =
+sampling draws them, answers up to 24 tokens as the report card's); each round's reward models (Llama-2 eq. 4)
+pick one (camelid/rlhf/best_of_n.py). Each pick is judged as the report card judges greedy answers (correct =
 full credit) and compared with greedy SFT prompt by prompt, beside two controls: a random sample (the first)
 and the sample the judges score best (the most any picker could get). With --logprob-weight W, each round also
-picks by reward + W * log pi_SFT(answer) (regularized best-of-n, as `rs.logprob_weight`), beside the likeliest
-sample alone (the policy's own belief, no reward). Not a test: about a minute per seed.
+picks by reward + W * log pi_SFT(answer), W in the helpfulness RM's preference units (regularized best-of-n, as
+`rs.logprob_weight`; the quickstart's report card row uses rs's own), beside the likeliest sample alone (the
+policy's own belief, no reward). Not a test: under a minute per seed.
 """
 
 from __future__ import annotations
@@ -36,19 +37,15 @@ def main():
 
     from camelid.checkpoint import load_checkpoint
     from camelid.report_card import PROMPTS_FILE
-    from camelid.rlhf.gold import gold_scores
-    from camelid.rlhf.rewards import Prompt
-    from camelid.rlhf.rollout import answer_logprobs, encode_prompts, sample_answers
+    from camelid.rlhf.best_of_n import heldout_prompts, pick, rewards, sample_candidates
     from camelid.rlhf.rs import load_scorer
-    from camelid.tasks import make_dialogs
     from camelid.tasks.stats import format_diff, paired_diff_by_prompt, pooled_paired_diff
 
     run = Path(a.run)
     greedy = json.loads((run / PROMPTS_FILE).read_text())["stages"]["sft"]["correct"]
     ckpt = load_checkpoint(run / "sft" / "model")
     model, tok = ckpt.model.eval(), ckpt.tokenizer()
-    examples = make_dialogs("test", N_PROMPTS, 0)  # the report card's prompts (evaluate(split="test", seed=0))
-    prompts = [Prompt(ex.messages, ex.kind == "safety", ex) for ex in examples]
+    prompts = heldout_prompts(N_PROMPTS, seed=0)  # the report card's prompts (evaluate(split="test", seed=0))
     rounds = {name: load_scorer(str(run / name / "model"), str(run / "rm-safety" / "model"), tok, "cpu")
               for name in ("rm-helpful", "rm-helpful-2") if (run / name / "model").exists()}
     for spec in a.reward:
@@ -58,25 +55,18 @@ def main():
     weighted = [f"{name} + {w:g} logp" for name in rounds for w in a.logprob_weight]
     picks: dict[str, list[list[int]]] = {k: [] for k in ["random", *rounds, *weighted,
                                                          *(["likeliest"] if a.logprob_weight else []), "judges"]}
-    ids = [i for i in encode_prompts(tok, prompts, model.args.max_seq_len - 24) for _ in range(a.n)]
-    flat_prompts = [p for p in prompts for _ in range(a.n)]
     for seed in a.seeds:
-        outs = sample_answers(model, ids, 24, a.temperature, tok.eos_id,
-                              seeds=[seed * 1_000_000 + i for i in range(len(ids))])  # answers up to 24 tokens
-        texts = [tok.decode(o).strip() for o in outs]
-        gold = gold_scores(flat_prompts, texts).view(N_PROMPTS, a.n)  # the report card's score
-        correct = (gold >= 1.0 - 1e-9).int()
-        chosen = {"random": torch.zeros(N_PROMPTS, dtype=torch.long), "judges": gold.argmax(1)}
-        if a.logprob_weight:  # the SFT model's log-probability of each sample, only when a pick uses it
-            logp = answer_logprobs(model, ids, [o + [tok.eos_id] for o in outs], "cpu").view(N_PROMPTS, a.n)
-            chosen["likeliest"] = logp.argmax(1)
+        cands = sample_candidates(model, tok, prompts, a.n, a.temperature, seed)
+        chosen = {"random": torch.zeros(N_PROMPTS, dtype=torch.long), "judges": cands.gold.argmax(1),
+                  "likeliest": cands.logp.argmax(1)}
         for name, scorer in rounds.items():
-            reward = scorer.score(flat_prompts, texts)["combined"].view(N_PROMPTS, a.n)
-            chosen[name] = reward.argmax(1)
+            reward = rewards(cands, scorer)
+            chosen[name] = pick(cands, scorer, 0.0, reward)
             for w in a.logprob_weight:
-                chosen[f"{name} + {w:g} logp"] = (reward + w * logp).argmax(1)
-        for name, idx in chosen.items():
-            picks[name].append(correct.gather(1, idx[:, None]).squeeze(1).tolist())
+                chosen[f"{name} + {w:g} logp"] = pick(cands, scorer, w, reward)
+        correct = cands.correct()
+        for name in picks:
+            picks[name].append(correct.gather(1, chosen[name][:, None]).squeeze(1).tolist())
             print(f"seed {seed}: {name:13} {100 * sum(picks[name][-1]) / N_PROMPTS:.1f}%", flush=True)
     print(f"\nbest of {a.n} (T {a.temperature}) vs greedy SFT ({100 * sum(greedy) / N_PROMPTS:.1f}%) on the report "
           f"card's {N_PROMPTS} prompts, seeds {a.seeds}: accuracy, difference [95% paired interval] in points")

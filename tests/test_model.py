@@ -5,7 +5,7 @@ import torch
 
 from camelid.checkpoint import to_hf_state_dict
 import camelid.model as model_module
-from camelid.model import PRESETS, KVCache, ModelArgs, Transformer, math_causal_attention, preset
+from camelid.model import PRESETS, KVCache, ModelArgs, Transformer, math_attention, preset
 
 # GQA, and an FFN size that Meta's rounding rule would never produce.
 SMALL = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=96, ffn_hidden_dim=100, norm_eps=1e-5,
@@ -54,7 +54,27 @@ def test_math_attention_equals_sdpa(kv_heads):
     q = torch.randn(3, 4, 19, 8, dtype=torch.float64)
     k, v = torch.randn(2, 3, kv_heads, 19, 8, dtype=torch.float64)
     want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    assert (math_causal_attention(q, k, v) - want).abs().max() <= 1e-12
+    assert (math_attention(q, k, v) - want).abs().max() <= 1e-12
+
+
+@pytest.mark.parametrize("kv_heads", [4, 1])
+def test_masked_math_attention_equals_sdpa(kv_heads):
+    """With padding and packed samples (the mask `build_attention_mask` makes): the same outputs and gradients
+    as SDPA given the mask."""
+    torch.manual_seed(0)
+    q = torch.randn(3, 4, 19, 8, dtype=torch.float64, requires_grad=True)
+    k, v = torch.randn(2, 3, kv_heads, 19, 8, dtype=torch.float64, requires_grad=True).unbind(0)
+    key_mask = torch.arange(19) < torch.tensor([19, 7, 12])[:, None]  # rows of 19, 7 and 12 real tokens
+    segments = torch.tensor([0] * 5 + [1] * 9 + [2] * 5).expand(3, 19)
+    mask = model_module.build_attention_mask(19, 0, key_mask, segments)
+    grad = torch.randn(3, 4, 19, 8, dtype=torch.float64)
+    results = []
+    for attend in (lambda: math_attention(q, k, v, mask),
+                   lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)):
+        out = attend()
+        results.append((out, *torch.autograd.grad(out, (q, k, v), grad)))
+    for ours, want in zip(*results):
+        assert (ours - want).abs().max() <= 1e-12
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
@@ -93,6 +113,39 @@ def test_cpu_attention_paths_match_flash(monkeypatch, path, dtype, tol):
     (lm, gm), (lf, gf) = results[path], results["flash"]
     assert (lm - lf).abs().max() <= tol * lf.abs().max()
     assert (gm - gf).norm() <= tol * gf.norm()
+
+
+def test_masked_math_path_matches_flash_in_the_model(monkeypatch):
+    """Padded rows in bf16 with gradients (reward-model and PPO training): plain matmuls against SDPA's flash
+    kernel in the whole model, same outputs and gradients up to bf16 rounding."""
+    model = tiny_model()
+    x = torch.randint(0, SMALL["vocab_size"], (3, 21))
+    mask = torch.arange(21) < torch.tensor([21, 9, 14])[:, None]
+    results = {}
+    for use in ("math", "flash"):
+        monkeypatch.setattr(model_module, "masked_attention_path", lambda q, k, use=use: use)
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(x, mask=mask).float()
+        logits[mask].logsumexp(-1).mean().backward()
+        results[use] = logits.detach()[mask], model.layers[0].attention.wq.weight.grad.clone()
+    (lm, gm), (lf, gf) = results["math"], results["flash"]
+    assert (lm - lf).abs().max() <= 0.05 * lf.abs().max()
+    assert (gm - gf).norm() <= 0.05 * gf.norm()
+
+
+def test_masked_attention_takes_plain_matmuls_only_where_gradients_flow_on_cpu_in_bf16():
+    path = model_module.masked_attention_path
+    q = torch.zeros(2, 4, 16, 8, dtype=torch.bfloat16, requires_grad=True)
+    assert path(q, q) == "math"
+    with torch.no_grad():
+        assert path(q, q) == "flash"  # inference: the kernel's forward is the faster one
+    assert path(q.detach(), q) == "flash"
+    assert path(q.float(), q) == "flash"
+    assert path(q, q[:, :, :8]) == "flash"  # a cached prefix: keys and queries not aligned
+    assert path(q[:, :, :1], q[:, :, :1]) == "flash"  # one query: decoding has its own path
+    long = torch.zeros(1, 1, model_module.CPU_ATTENTION_MAX_LEN + 1, 4, dtype=torch.bfloat16, requires_grad=True)
+    assert path(long, long) == "flash"
 
 
 def test_causal_attention_path_choice():

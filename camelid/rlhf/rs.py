@@ -25,7 +25,7 @@ from camelid.config import CheckpointConfig, ConfigError, LogConfig, ModelConfig
 from camelid.fsutil import atomic_write_json, atomic_write_text
 from camelid.parallel.collectives import barrier
 from camelid.rlhf.gold import iteration_gold, plot_best_of_n
-from camelid.rlhf.rewards import Prompt, RewardScorer, load_prompts
+from camelid.rlhf.rewards import Prompt, RewardScorer, load_prompts, preference_scale
 from camelid.rlhf.rollout import (answer_logprobs, encode_prompts, heldout_shares, rows_of_share, sample_seeds,
                                    sample_shares, score_shares)
 from camelid.train.sft import SFTConfig, SFTSection, sft, sft_train_defaults
@@ -48,7 +48,9 @@ class RSSection:
     min_reward: float | None = None
     min_gain: float | None = None  # keep it only if it beats its prompt's mean reward by more (None: always)
     # choose by reward + logprob_weight * log pi(answer), pi the sampling policy: regularized best-of-K (Jinnai et
-    # al. 2024), which trusts the reward model only where it outweighs what the policy already believes
+    # al. 2024), which trusts the reward model only where it outweighs what the policy already believes. The reward
+    # here is the helpfulness RM's preference logit (its raw score: a gap d is odds e^d of preferring one answer),
+    # so that 1 weighs a nat of log pi against a nat of preference, whatever the calibration
     logprob_weight: float = 0.0
     epochs: float = 1.0  # fine-tuning epochs over the pool, per iteration
     batch_size: int = 64  # packed sequences per optimizer step
@@ -193,7 +195,9 @@ def rs_body(cfg: RSConfig, ctx: RunContext, scorer=None) -> dict:
                                       sample_seeds(r.seed, it, len(prompts) * r.k), bool(r.logprob_weight))
         flat = score_shares(scorer, [p for p in prompts for _ in range(r.k)], [a for cands in answers for a in cands])
         raw = flat["combined"].view(len(prompts), r.k)
-        scores = selection_scores(raw, torch.tensor(cut), logp, r.logprob_weight, r.min_reward)
+        # the weight is in preference units (RewardScorer.preference_scale); the scores stay calibrated logits
+        scores = selection_scores(raw, torch.tensor(cut), logp, r.logprob_weight * preference_scale(scorer),
+                                  r.min_reward)
         improved = update_pool(pool, prompts, answers, scores, it, min_gain=r.min_gain)  # same pool on every rank
         if ctx.is_main:
             write_pool(it_dir, pool)
