@@ -7,7 +7,7 @@ def test_report_card_covers_every_stage(smoke_run):
     out, stdout = smoke_run
     card = json.loads((out / "report_card.json").read_text())
     names = [s["name"] for s in card["stages"]]
-    assert names == ["base", "sft", "rm", "rs", "rm-2", "rs-2", "ppo", "gatt"]  # two RLHF rounds
+    assert names == ["base", "sft", "rm", "rs", "rm-2", "rs-2", "ppo", "gatt", "sft best-of-4"]  # two RLHF rounds
     for stage in card["stages"]:
         assert {"name", "accuracy", "refusal_rate", "reward", "kl", "gatt_adherence", "seconds"} <= set(stage)
     by = {s["name"]: s for s in card["stages"]}
@@ -15,7 +15,7 @@ def test_report_card_covers_every_stage(smoke_run):
     assert set(by["rm-2"]["rm_accuracy"]) == {"helpful"}  # round 2 retrains the helpfulness reward model only
     report = json.loads((out / "rm-helpful-2" / "rm_report.json").read_text())
     assert {"accuracy_on_policy", "shortcuts"} <= set(report)
-    for stage in ("rs", "rs-2", "ppo", "gatt"):  # paired with SFT on the same prompts
+    for stage in ("rs", "rs-2", "ppo", "gatt", "sft best-of-4"):  # paired with SFT on the same prompts
         assert by[stage]["accuracy_vs_sft"]["n"] == card["n"]
     assert by["sft"]["kl"] == 0.0  # the SFT model against itself
     assert all(by[n]["reward"] is not None for n in ("base", "sft", "rs", "rs-2", "ppo", "gatt"))
