@@ -60,6 +60,27 @@ def hf_scores(hf, seqs, batches) -> torch.Tensor:
     return out
 
 
+def best_times(methods: dict, repeats: int) -> dict[str, float]:
+    """The best of `repeats` wall times of each method (no arguments); the methods take turns, in reverse order
+    every other repeat, so that no method always runs on a cache the one before it warmed."""
+    times = {name: [] for name in methods}
+    for r in range(repeats):
+        for name in (methods if r % 2 == 0 else reversed(list(methods))):
+            t = time.perf_counter()
+            methods[name]()
+            times[name].append(time.perf_counter() - t)
+    return {name: min(ts) for name, ts in times.items()}
+
+
+def add_speedups(result: dict) -> None:
+    """camelid's pairs/s over each other method's, into `result["methods"]`, and printed."""
+    base = result["methods"]["camelid"]["pairs_per_s"]
+    for name, m in result["methods"].items():
+        if name != "camelid":
+            m["camelid_speedup"] = base / m["pairs_per_s"]
+            print(f"  camelid over {name}: {m['camelid_speedup']:.2f}x")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a finished quickstart output directory")
@@ -89,13 +110,8 @@ def main():
         "transformers": lambda: hf_scores(hf, seqs, ordered),
         "transformers, camelid's batches": lambda: hf_scores(hf, seqs, by_length),
     }
-    times = {name: [] for name in methods}
     scores = {name: fn() for name, fn in methods.items()}  # warm-up, and the scores to compare
-    for r in range(a.repeats):
-        for name in (methods if r % 2 == 0 else reversed(list(methods))):
-            t = time.perf_counter()
-            methods[name]()
-            times[name].append(time.perf_counter() - t)
+    times = best_times(methods, a.repeats)
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.float)
     result = {"cpu": cpu_name(), "threads": a.threads, "torch": torch.__version__,
               "transformers": transformers.__version__, "pairs": len(seqs), "batch": a.batch,
@@ -103,15 +119,11 @@ def main():
     print(f"{result['cpu']}, {a.threads} threads: {len(seqs)} pairs (mean {lengths.mean():.0f} tokens, longest "
           f"{longest}), batch {a.batch}, helpfulness RM of {run}")
     for name in methods:
-        rate = len(seqs) / min(times[name])
+        rate = len(seqs) / times[name]
         diff = (scores[name] - scores["camelid"]).abs().max().item()
         result["methods"][name] = {"pairs_per_s": rate, "max_abs_diff_vs_camelid": diff}
         print(f"  {name:32} {rate:8.0f} pairs/s   max |score - camelid's| {diff:.1e}")
-    base = result["methods"]["camelid"]["pairs_per_s"]
-    for name in methods:
-        if name != "camelid":
-            result["methods"][name]["camelid_speedup"] = base / result["methods"][name]["pairs_per_s"]
-            print(f"  camelid over {name}: {result['methods'][name]['camelid_speedup']:.2f}x")
+    add_speedups(result)
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
 

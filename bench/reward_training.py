@@ -23,13 +23,13 @@ import os
 import random
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from decode import cpu_name  # noqa: E402
+from reward_scoring import add_speedups, best_times  # noqa: E402
 
 import camelid.model as model_module  # noqa: E402
 from camelid.checkpoint import convert, load_checkpoint, save_model  # noqa: E402
@@ -97,13 +97,7 @@ def main():
             lambda t, m: hf(input_ids=t, attention_mask=m.long()).logits[:, 0], batch),
     }
     first = {name: fn(batches[0]) for name, fn in methods.items()}  # warm-up, and the losses to compare
-    times = {name: [] for name in methods}
-    for r in range(a.repeats):
-        for name in (methods if r % 2 == 0 else reversed(list(methods))):
-            t = time.perf_counter()
-            for b in batches:
-                methods[name](b)
-            times[name].append(time.perf_counter() - t)
+    times = best_times({name: lambda fn=fn: [fn(b) for b in batches] for name, fn in methods.items()}, a.repeats)
     rm.zero_grad(), hf.zero_grad()
     tokens = sum(int(m.sum()) for _, m in batches)
     padded = sum(m.numel() for _, m in batches)
@@ -113,15 +107,11 @@ def main():
     print(f"{result['cpu']}, {a.threads} threads: {a.batches} micro-batches of {a.micro_batch} pairs "
           f"({tokens:,} tokens, {padded:,} padded), reward model of {run}'s SFT model, bf16 autocast")
     for name in methods:
-        rate = a.batches * a.micro_batch / min(times[name])
+        rate = a.batches * a.micro_batch / times[name]
         diff = abs(first[name] - first["camelid"])
         result["methods"][name] = {"pairs_per_s": rate, "loss_diff_vs_camelid": diff}
         print(f"  {name:16} {rate:7.1f} pairs/s (fwd+bwd)   |loss - camelid's| {diff:.1e}")
-    base = result["methods"]["camelid"]["pairs_per_s"]
-    for name in methods:
-        if name != "camelid":
-            result["methods"][name]["camelid_speedup"] = base / result["methods"][name]["pairs_per_s"]
-            print(f"  camelid over {name}: {result['methods'][name]['camelid_speedup']:.2f}x")
+    add_speedups(result)
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
 
