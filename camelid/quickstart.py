@@ -411,7 +411,7 @@ def stage_report_card(out: Path, smoke: bool, timings: dict) -> dict:
             row = measure_policy(load_model(m[name]), tok, scorer, sft_model, n=n, seed=0,
                                  gatt_dialogs=6 if smoke else 24)
             stages.append({"name": name, "seconds": timings.get(st.name), **row})
-        stages.append(best_of_n_row(sft_model, tok, scorer, n))
+        stages.append(best_of_n_row(out, sft_model, tok, scorer, n))
         write_report_card(stages, out, {"smoke": smoke, "n": n})
         card = json.loads(cache.read_text())
     from camelid.report_card import PROMPTS_FILE, render
@@ -420,13 +420,13 @@ def stage_report_card(out: Path, smoke: bool, timings: dict) -> dict:
     return card
 
 
-def best_of_n_row(sft_model, tok, scorer, n: int, k: int = 4) -> dict:
-    """Best of k SFT answers by the newest reward, picked as rejection sampling picks (its temperature and
-    log-probability weight): does the reward find better answers than the SFT model's greedy one?"""
+def best_of_n_row(out: Path, sft_model, tok, scorer, n: int, k: int = 4) -> dict:
+    """Best of k SFT answers by the newest reward, picked as this run's rejection sampling picked (its temperature
+    and log-probability weight): does the reward find better answers than the SFT model's greedy one?"""
     from camelid.rlhf.best_of_n import measure_best_of_n
     from camelid.rlhf.rs import load_rs_config
 
-    r = load_rs_config("quickstart-rs").rs
+    r = load_rs_config(out / "rs" / "config.toml").rs
     t0 = time.perf_counter()
     row = measure_best_of_n(sft_model, tok, scorer, k, r.temperature, r.logprob_weight, n_prompts=n, seed=0)
     return {"name": f"sft best-of-{k}", **row, "seconds": time.perf_counter() - t0}
