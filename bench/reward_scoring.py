@@ -72,8 +72,13 @@ def best_times(methods: dict, repeats: int) -> dict[str, float]:
     return {name: min(ts) for name, ts in times.items()}
 
 
-def add_speedups(result: dict) -> None:
-    """camelid's pairs/s over each other method's, into `result["methods"]`, and printed."""
+def report(result: dict, rates: dict[str, float], diffs: dict[str, float], diff_key: str, unit: str = "pairs/s"
+           ) -> None:
+    """Each method's pairs/s and how far its output is from camelid's into `result["methods"]`, printed, then
+    camelid's speed-up over each."""
+    for name, rate in rates.items():
+        result["methods"][name] = {"pairs_per_s": rate, diff_key: diffs[name]}
+        print(f"  {name:32} {rate:8.1f} {unit}   {diff_key} {diffs[name]:.1e}")
     base = result["methods"]["camelid"]["pairs_per_s"]
     for name, m in result["methods"].items():
         if name != "camelid":
@@ -118,12 +123,8 @@ def main():
               "mean_tokens": lengths.mean().item(), "longest": longest, "methods": {}}
     print(f"{result['cpu']}, {a.threads} threads: {len(seqs)} pairs (mean {lengths.mean():.0f} tokens, longest "
           f"{longest}), batch {a.batch}, helpfulness RM of {run}")
-    for name in methods:
-        rate = len(seqs) / times[name]
-        diff = (scores[name] - scores["camelid"]).abs().max().item()
-        result["methods"][name] = {"pairs_per_s": rate, "max_abs_diff_vs_camelid": diff}
-        print(f"  {name:32} {rate:8.0f} pairs/s   max |score - camelid's| {diff:.1e}")
-    add_speedups(result)
+    report(result, {name: len(seqs) / t for name, t in times.items()},
+           {name: (scores[name] - scores["camelid"]).abs().max().item() for name in methods}, "max_abs_diff_vs_camelid")
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
 

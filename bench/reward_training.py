@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from decode import cpu_name  # noqa: E402
-from reward_scoring import add_speedups, best_times  # noqa: E402
+from reward_scoring import best_times, report  # noqa: E402
 
 import camelid.model as model_module  # noqa: E402
 from camelid.checkpoint import convert, load_checkpoint, save_model  # noqa: E402
@@ -106,12 +106,8 @@ def main():
               "real_tokens": tokens, "padded_tokens": padded, "methods": {}}
     print(f"{result['cpu']}, {a.threads} threads: {a.batches} micro-batches of {a.micro_batch} pairs "
           f"({tokens:,} tokens, {padded:,} padded), reward model of {run}'s SFT model, bf16 autocast")
-    for name in methods:
-        rate = a.batches * a.micro_batch / times[name]
-        diff = abs(first[name] - first["camelid"])
-        result["methods"][name] = {"pairs_per_s": rate, "loss_diff_vs_camelid": diff}
-        print(f"  {name:16} {rate:7.1f} pairs/s (fwd+bwd)   |loss - camelid's| {diff:.1e}")
-    add_speedups(result)
+    report(result, {name: a.batches * a.micro_batch / t for name, t in times.items()},
+           {name: abs(first[name] - first["camelid"]) for name in methods}, "loss_diff_vs_camelid", "pairs/s (fwd+bwd)")
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
 
