@@ -37,7 +37,8 @@ def main():
 
     from camelid.checkpoint import load_checkpoint
     from camelid.report_card import PROMPTS_FILE
-    from camelid.rlhf.best_of_n import heldout_prompts, pick, rewards, sample_candidates
+    from camelid.rlhf.best_of_n import pick, rewards, sample_candidates
+    from camelid.rlhf.rewards import load_prompts
     from camelid.rlhf.rs import load_scorer
     from camelid.tasks.stats import format_diff, paired_diff_by_prompt, pooled_paired_diff
 
@@ -45,7 +46,7 @@ def main():
     greedy = json.loads((run / PROMPTS_FILE).read_text())["stages"]["sft"]["correct"]
     ckpt = load_checkpoint(run / "sft" / "model")
     model, tok = ckpt.model.eval(), ckpt.tokenizer()
-    prompts = heldout_prompts(N_PROMPTS, seed=0)  # the report card's prompts (evaluate(split="test", seed=0))
+    prompts = load_prompts("proving-ground", "test", N_PROMPTS, seed=0)  # the report card's (evaluate(split="test"))
     rounds = {name: load_scorer(str(run / name / "model"), str(run / "rm-safety" / "model"), tok, "cpu")
               for name in ("rm-helpful", "rm-helpful-2") if (run / name / "model").exists()}
     for spec in a.reward:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from camelid.rlhf.gold import gold_scores
-from camelid.rlhf.rewards import Prompt, preference_scale
+from camelid.rlhf.rewards import Prompt, load_prompts, preference_scale
 from camelid.rlhf.rollout import answer_logprobs, encode_prompts, sample_answers
-from camelid.tasks import make_dialogs
+from camelid.rlhf.rs import best_of_k, selection_scores
 
 MAX_NEW_TOKENS = 24  # as the report card's greedy answers
 
@@ -42,11 +42,6 @@ class Candidates:
         return (self.gold >= 1.0 - 1e-9).int()
 
 
-def heldout_prompts(n_prompts: int, seed: int = 0) -> list[Prompt]:
-    """The report card's held-out prompts (`evaluate(split="test", n, seed)` asks the same questions)."""
-    return [Prompt(ex.messages, ex.kind == "safety", ex) for ex in make_dialogs("test", n_prompts, seed)]
-
-
 def sample_candidates(model, tokenizer, prompts: list[Prompt], n: int, temperature: float, seed: int = 0,
                       max_new_tokens: int = MAX_NEW_TOKENS) -> Candidates:
     ids = [i for i in encode_prompts(tokenizer, prompts, model.args.max_seq_len - max_new_tokens) for _ in range(n)]
@@ -67,8 +62,6 @@ def rewards(cands: Candidates, scorer) -> torch.Tensor:
 def pick(cands: Candidates, scorer, logprob_weight: float, reward: torch.Tensor | None = None) -> torch.Tensor:
     """[N] the index of the answer the reward picks for each prompt: rejection sampling's choice (`reward`: the
     candidates' `rewards`, when already computed)."""
-    from camelid.rlhf.rs import best_of_k, selection_scores
-
     reward = rewards(cands, scorer) if reward is None else reward
     no_cut = torch.zeros_like(reward, dtype=torch.bool)  # the greedy answers it is compared with are not cut either
     return best_of_k(selection_scores(reward, no_cut, cands.logp, logprob_weight * preference_scale(scorer)))
@@ -78,7 +71,7 @@ def measure_best_of_n(model, tokenizer, scorer, n: int = 4, temperature: float =
                       n_prompts: int = 540, seed: int = 0) -> dict:
     """The report card's row for best of n: accuracy, mean graded score and the per-prompt results of the picked
     answers to the same prompts as `measure_policy`'s (so that the card compares them with greedy SFT)."""
-    prompts = heldout_prompts(n_prompts, seed)
+    prompts = load_prompts("proving-ground", "test", n_prompts, seed)  # the questions evaluate(split="test") asks
     cands = sample_candidates(model.eval(), tokenizer, prompts, n, temperature, seed)
     idx = pick(cands, scorer, logprob_weight)[:, None]
     correct = cands.correct().gather(1, idx).squeeze(1)
