@@ -218,3 +218,49 @@ def test_scorer_reads_pairs_by_length_and_returns_them_in_order(smoke_run):
             assert abs(alone[key][0] - got[key][i]) <= 1e-4, (i, key)  # fp32 rounding of padded reads: ~1e-5
     shares = score_shares(scorer, prompts, answers)
     assert all(torch.equal(shares[key], got[key]) for key in got)
+
+
+def test_pair_batches_run_each_answer_once_and_keep_a_prompts_pairs_together(smoke_run):
+    """PairData: every epoch is a permutation of the pairs with each prompt's pairs next to each other; a batch
+    holds each distinct (prompt, answer) once, every pair points at its own two answers, and the ranking loss on
+    the shared rows equals the sum over pairs scored one by one."""
+    from camelid.chat_format import encode_reply
+    from camelid.checkpoint import load_checkpoint
+    from camelid.data.preferences import PreferencePair
+    from camelid.train.reward import PairData, RankingObjective
+
+    run = smoke_run[0]
+    rm = load_model(run / "rm-helpful" / "model").eval()
+    tok = load_checkpoint(run / "sft" / "model").tokenizer()
+    a = [{"role": "user", "content": "Is 7 odd or even?"}]
+    b = [{"role": "user", "content": "Count the letters in end."}]
+    c = [{"role": "user", "content": "Add 3 and 4."}]
+    pairs = [PreferencePair(a, "odd", "even", "significantly_better", False),
+             PreferencePair(b, "3", "4", "significantly_better", False),
+             PreferencePair(a, "odd", "odd, I think", "slightly_better", False),
+             PreferencePair(c, "7", "34", "better", False),
+             PreferencePair(a, "odd, I think", "even", "better", False),
+             PreferencePair(b, "3", "three letters", "negligibly_better", False)]
+    data = PairData(pairs, tok, 64, "small", seed=3)
+    assert len(data.sequences) == 8  # a and b 3 answers each, c 2: a pair's answer seen before is not run again
+    for epoch in range(3):
+        order = data._order(epoch).tolist()
+        assert sorted(order) == list(range(6))
+        prompts = [json.dumps(pairs[i].prompt) for i in order]
+        runs = [p for k, p in enumerate(prompts) if k == 0 or p != prompts[k - 1]]
+        assert len(runs) == 3  # each prompt's pairs in one run
+    assert sorted(data.fetch(range(6, 12))["margin"].tolist()) == sorted(data.margins.tolist())
+
+    batch = data.batch(list(range(6)))
+    assert batch["tokens"].shape[0] == 8
+    for k, p in enumerate(pairs):
+        for side, answer in (("chosen", p.chosen), ("rejected", p.rejected)):
+            row = int(batch[side][k])
+            assert batch["tokens"][row][batch["mask"][row]].tolist() == encode_reply(tok, p.prompt, answer, 64)
+    with torch.no_grad():
+        loss, _ = RankingObjective()(rm, batch)
+        alone = sum(ranking_loss(rm(torch.tensor([encode_reply(tok, p.prompt, p.chosen, 64)])),
+                                 rm(torch.tensor([encode_reply(tok, p.prompt, p.rejected, 64)])),
+                                 torch.tensor([MARGINS["small"][p.rating]])) for p in pairs)
+    assert loss.item() == pytest.approx(alone.item(), abs=1e-4)
+

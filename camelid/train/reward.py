@@ -106,35 +106,70 @@ def encode_pair(tokenizer, pair: PreferencePair, max_len: int) -> tuple[list[int
 
 
 class PairData:
-    """Encoded pairs as a loop Dataset: sample g is pair perm_e[g % N] of epoch e = g // N."""
+    """Encoded pairs as a loop Dataset: sample g is pair order_e[g % N] of epoch e = g // N.
+
+    Each epoch shuffles the prompts and keeps every prompt's pairs next to each other (InstructGPT trains all
+    comparisons of a prompt in one batch element), and a batch runs each distinct (prompt, answer) sequence once:
+    the answers of one prompt make up to K(K-1)/2 pairs from K sequences, and one prompt's sequences have about
+    one length, so a batch pads little. Pairs stay the unit of the loss and of the step count."""
 
     def __init__(self, pairs: list[PreferencePair], tokenizer, max_len: int, margin: str, seed: int = 0):
+        from camelid.chat_format import encode_reply
+
         self.pairs = pairs
-        self.encoded = [encode_pair(tokenizer, p, max_len) for p in pairs]
+        seq_ids: dict[tuple[str, str], int] = {}
+        self.sequences: list[list[int]] = []
+        group_ids: dict[str, int] = {}
+        self.groups: list[list[int]] = []
+        sides = []
+        for i, p in enumerate(pairs):
+            prompt = json.dumps(p.prompt, sort_keys=True)
+            if prompt not in group_ids:
+                group_ids[prompt] = len(self.groups)
+                self.groups.append([])
+            self.groups[group_ids[prompt]].append(i)
+            for answer in (p.chosen, p.rejected):
+                if (prompt, answer) not in seq_ids:
+                    seq_ids[(prompt, answer)] = len(self.sequences)
+                    self.sequences.append(encode_reply(tokenizer, p.prompt, answer, max_len))
+            sides.append((seq_ids[(prompt, p.chosen)], seq_ids[(prompt, p.rejected)]))
+        self.sides = torch.tensor(sides, dtype=torch.long).view(-1, 2)
         self.margins = torch.tensor([MARGINS[margin][p.rating] for p in pairs])
         self.rating_ids = torch.tensor([RATINGS.index(p.rating) for p in pairs])
         self.seed, self.margin, self.hash = seed, margin, pairs_hash(pairs)
-        self._perms: dict[int, torch.Tensor] = {}
+        self._orders: dict[int, torch.Tensor] = {}
 
     def __len__(self):
         return len(self.pairs)
 
-    def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            self._perms[epoch] = torch.randperm(len(self), generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
-        return self._perms[epoch]
+    def _order(self, epoch: int) -> torch.Tensor:
+        """This epoch's pair order: the prompts shuffled, each prompt's pairs together (in a shuffled order)."""
+        if epoch not in self._orders:
+            g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            order = []
+            for group in torch.randperm(len(self.groups), generator=g).tolist():
+                members = self.groups[group]
+                order += [members[j] for j in torch.randperm(len(members), generator=g).tolist()]
+            self._orders[epoch] = torch.tensor(order, dtype=torch.long)
+        return self._orders[epoch]
 
     def batch(self, idx: list[int]) -> dict:
-        tokens, mask = pad_right([self.encoded[i][0] for i in idx] + [self.encoded[i][1] for i in idx])
-        return {"tokens": tokens, "mask": mask, "margin": self.margins[idx], "rating": self.rating_ids[idx]}
+        """Pairs idx -> the distinct sequences among them, padded (`tokens`, `mask`), and for each pair the rows
+        of its `chosen` and `rejected` answers, its `margin` and `rating`."""
+        sides = self.sides[idx]
+        unique, rows = torch.unique(sides.flatten(), return_inverse=True)
+        tokens, mask = pad_right([self.sequences[i] for i in unique.tolist()])
+        rows = rows.view(-1, 2)
+        return {"tokens": tokens, "mask": mask, "chosen": rows[:, 0], "rejected": rows[:, 1],
+                "margin": self.margins[idx], "rating": self.rating_ids[idx]}
 
     def fetch(self, indices) -> dict:
         n = len(self)
-        return self.batch([int(self._perm(g // n)[g % n]) for g in indices])
+        return self.batch([int(self._order(g // n)[g % n]) for g in indices])
 
     def state_dict(self) -> dict:
         return {"kind": "preference-pairs", "pairs": len(self), "hash": self.hash, "seed": self.seed,
-                "margin": self.margin}
+                "margin": self.margin, "order": "grouped by prompt"}
 
 
 class RankingObjective:
@@ -145,8 +180,7 @@ class RankingObjective:
 
     def __call__(self, model, batch: dict):
         scores = model(batch["tokens"], mask=batch["mask"])
-        n = batch["margin"].numel()
-        chosen, rejected = scores[:n], scores[n:]
+        chosen, rejected = scores[batch["chosen"]], scores[batch["rejected"]]
         loss = ranking_loss(chosen, rejected, batch["margin"].to(scores.dtype))
         return loss, {"accuracy": (chosen > rejected).float().mean().item(),
                       "margin_gap": (chosen - rejected).mean().item()}
@@ -162,8 +196,8 @@ def score_pairs(model, data: PairData, micro_batch: int) -> tuple[torch.Tensor, 
         idx = list(range(start, min(start + micro_batch, len(data))))
         b = data.batch(idx)
         s = model(b["tokens"].to(device), mask=b["mask"].to(device)).cpu()
-        chosen.append(s[:len(idx)])
-        rejected.append(s[len(idx):])
+        chosen.append(s[b["chosen"]])
+        rejected.append(s[b["rejected"]])
     return torch.cat(chosen), torch.cat(rejected)
 
 
