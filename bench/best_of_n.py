@@ -9,7 +9,8 @@ full credit) and compared with greedy SFT prompt by prompt, beside two controls:
 and the sample the judges score best (the most any picker could get). With --logprob-weight W, each round also
 picks by reward + W * log pi_SFT(answer), W in the helpfulness RM's preference units (regularized best-of-n, as
 `rs.logprob_weight`; the quickstart's report card row uses rs's own), beside the likeliest sample alone (the
-policy's own belief, no reward). Not a test: under a minute per seed.
+policy's own belief, no reward). --prompt-seed asks 540 other held-out prompts instead (the SFT model's greedy
+answers to them judged here), a check on prompts no setting was chosen on. Not a test: under a minute per seed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def main():
     p.add_argument("--n", type=int, default=4, help="samples per prompt")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--prompt-seed", type=int, default=0,
+                   help="0: the report card's prompts; another: as many other held-out prompts (the test split drawn "
+                        "with this seed), against the SFT model's greedy answers to them")
     p.add_argument("--reward", nargs="*", default=[], metavar="NAME=DIR",
                    help="more helpfulness reward models to pick with (beside the run's rounds, with its safety RM)")
     p.add_argument("--logprob-weight", type=float, nargs="*", default=[], metavar="W",
@@ -43,10 +47,13 @@ def main():
     from camelid.tasks.stats import format_diff, paired_diff_by_prompt, pooled_paired_diff
 
     run = Path(a.run)
-    greedy = json.loads((run / PROMPTS_FILE).read_text())["stages"]["sft"]["correct"]
     ckpt = load_checkpoint(run / "sft" / "model")
     model, tok = ckpt.model.eval(), ckpt.tokenizer()
-    prompts = load_prompts("proving-ground", "test", N_PROMPTS, seed=0)  # the report card's (evaluate(split="test"))
+    prompts = load_prompts("proving-ground", "test", N_PROMPTS, seed=a.prompt_seed)  # 0: evaluate(split="test")'s
+    if a.prompt_seed == 0:
+        greedy = json.loads((run / PROMPTS_FILE).read_text())["stages"]["sft"]["correct"]
+    else:
+        greedy = sample_candidates(model, tok, prompts, 1, 0.0).correct()[:, 0].tolist()
     rounds = {name: load_scorer(str(run / name / "model"), str(run / "rm-safety" / "model"), tok, "cpu")
               for name in ("rm-helpful", "rm-helpful-2") if (run / name / "model").exists()}
     for spec in a.reward:
@@ -69,10 +76,11 @@ def main():
         for name in picks:
             picks[name].append(correct.gather(1, chosen[name][:, None]).squeeze(1).tolist())
             print(f"seed {seed}: {name:13} {100 * sum(picks[name][-1]) / N_PROMPTS:.1f}%", flush=True)
-    print(f"\nbest of {a.n} (T {a.temperature}) vs greedy SFT ({100 * sum(greedy) / N_PROMPTS:.1f}%) on the report "
-          f"card's {N_PROMPTS} prompts, seeds {a.seeds}: accuracy, difference [95% paired interval] in points")
+    where = "the report card's" if a.prompt_seed == 0 else f"other held-out (prompt seed {a.prompt_seed})"
+    print(f"\nbest of {a.n} (T {a.temperature}) vs greedy SFT ({100 * sum(greedy) / N_PROMPTS:.1f}%) on {where} "
+          f"{N_PROMPTS} prompts, seeds {a.seeds}: accuracy, difference [95% paired interval] in points")
     result = {"n": a.n, "temperature": a.temperature, "seeds": a.seeds, "logprob_weight": a.logprob_weight,
-              "greedy_sft": sum(greedy) / N_PROMPTS}
+              "prompt_seed": a.prompt_seed, "greedy_sft": sum(greedy) / N_PROMPTS}
     for name, ms in picks.items():
         pairs = [(m, greedy) for m in ms]
         pooled, by_prompt = pooled_paired_diff(pairs), paired_diff_by_prompt(pairs)

@@ -223,11 +223,11 @@ def test_scorer_reads_pairs_by_length_and_returns_them_in_order(smoke_run):
 def test_pair_batches_run_each_answer_once_and_keep_a_prompts_pairs_together(smoke_run):
     """PairData: every epoch is a permutation of the pairs with each prompt's pairs next to each other; a batch
     holds each distinct (prompt, answer) once, every pair points at its own two answers, and the ranking loss on
-    the shared rows equals the sum over pairs scored one by one."""
+    the shared rows equals the sum over pairs scored one by one; score_pairs gives each pair its answers' own scores."""
     from camelid.chat_format import encode_reply
     from camelid.checkpoint import load_checkpoint
     from camelid.data.preferences import PreferencePair
-    from camelid.train.reward import PairData, RankingObjective
+    from camelid.train.reward import PairData, RankingObjective, score_pairs
 
     run = smoke_run[0]
     rm = load_model(run / "rm-helpful" / "model").eval()
@@ -263,4 +263,11 @@ def test_pair_batches_run_each_answer_once_and_keep_a_prompts_pairs_together(smo
                                  rm(torch.tensor([encode_reply(tok, p.prompt, p.rejected, 64)])),
                                  torch.tensor([MARGINS["small"][p.rating]])) for p in pairs)
     assert loss.item() == pytest.approx(alone.item(), abs=1e-4)
+    chosen, rejected = score_pairs(rm, data, 3)  # held-out scoring: each answer once, shortest first, 3 at a time
+    for k, p in enumerate(pairs):
+        with torch.no_grad():
+            assert chosen[k].item() == pytest.approx(rm(torch.tensor([encode_reply(tok, p.prompt, p.chosen, 64)])).item(),
+                                                     abs=1e-4)
+            assert rejected[k].item() == pytest.approx(
+                rm(torch.tensor([encode_reply(tok, p.prompt, p.rejected, 64)])).item(), abs=1e-4)
 

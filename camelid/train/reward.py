@@ -190,15 +190,16 @@ class RankingObjective:
 
 @torch.no_grad()
 def score_pairs(model, data: PairData, micro_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) scores of every pair: each distinct answer scored once, shortest first, `micro_batch`
+    sequences at a time (each batch padded to its own longest)."""
     device = next(model.parameters()).device
-    chosen, rejected = [], []
-    for start in range(0, len(data), micro_batch):
-        idx = list(range(start, min(start + micro_batch, len(data))))
-        b = data.batch(idx)
-        s = model(b["tokens"].to(device), mask=b["mask"].to(device)).cpu()
-        chosen.append(s[b["chosen"]])
-        rejected.append(s[b["rejected"]])
-    return torch.cat(chosen), torch.cat(rejected)
+    order = sorted(range(len(data.sequences)), key=lambda i: len(data.sequences[i]))
+    scores = torch.zeros(len(data.sequences))
+    for start in range(0, len(order), micro_batch):
+        idx = order[start:start + micro_batch]
+        tokens, mask = pad_right([data.sequences[i] for i in idx])
+        scores[idx] = model(tokens.to(device), mask=mask.to(device)).float().cpu()
+    return scores[data.sides[:, 0]], scores[data.sides[:, 1]]
 
 
 def reward_fn(model, tokenizer, max_len: int, micro_batch: int):
