@@ -80,7 +80,7 @@ def main():
     batches = [apart([encode_pair(tok, pairs[i], 192) for i in rng.sample(range(len(pairs)), a.micro_batch)])
                for _ in range(a.batches)]
     data = PairData(pairs, tok, 192, "none")
-    order = data._order(0).tolist()
+    order = data.order(0).tolist()
     drawn = [order[b * a.micro_batch:(b + 1) * a.micro_batch] for b in range(a.batches)]
     grouped = [tuple(data.batch(idx)[k] for k in ("tokens", "mask", "chosen", "rejected")) for idx in drawn]
     grouped_apart = apart([encode_pair(tok, pairs[i], 192) for i in drawn[0]])  # its first one, two rows a pair

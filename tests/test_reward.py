@@ -244,7 +244,7 @@ def test_pair_batches_run_each_answer_once_and_keep_a_prompts_pairs_together(smo
     data = PairData(pairs, tok, 64, "small", seed=3)
     assert len(data.sequences) == 8  # a and b 3 answers each, c 2: a pair's answer seen before is not run again
     for epoch in range(3):
-        order = data._order(epoch).tolist()
+        order = data.order(epoch).tolist()
         assert sorted(order) == list(range(6))
         prompts = [json.dumps(pairs[i].prompt) for i in order]
         runs = [p for k, p in enumerate(prompts) if k == 0 or p != prompts[k - 1]]

@@ -13,6 +13,7 @@ from camelid.errors import CamelidError
 from camelid.fsutil import iter_jsonl
 from camelid.reward_model import RewardModel, combined_reward
 from camelid.tasks import make_dialogs
+from camelid.train.reward import length_batches
 from camelid.train.stage import flag_overrides
 
 
@@ -70,8 +71,7 @@ class RewardScorer:
         """The indices of encoded pairs as the reward models read them: shortest first (ties in order),
         batch_size at a time, each batch padded to its own longest. Pairs of mixed lengths padded to the longest
         of all cost three times the tokens (RS's pool: mean 41 tokens, longest 121)."""
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return length_batches(seqs, self.batch_size)
 
     @torch.no_grad()
     def _read(self, model: RewardModel, seqs: list[list[int]], batches: list[list[int]]) -> torch.Tensor:

@@ -142,7 +142,7 @@ class PairData:
     def __len__(self):
         return len(self.pairs)
 
-    def _order(self, epoch: int) -> torch.Tensor:
+    def order(self, epoch: int) -> torch.Tensor:
         """This epoch's pair order: the prompts shuffled, each prompt's pairs together (in a shuffled order)."""
         if epoch not in self._orders:
             g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
@@ -165,7 +165,7 @@ class PairData:
 
     def fetch(self, indices) -> dict:
         n = len(self)
-        return self.batch([int(self._order(g // n)[g % n]) for g in indices])
+        return self.batch([int(self.order(g // n)[g % n]) for g in indices])
 
     def state_dict(self) -> dict:
         return {"kind": "preference-pairs", "pairs": len(self), "hash": self.hash, "seed": self.seed,
@@ -188,33 +188,37 @@ class RankingObjective:
 
 # ---------------------------------------------------------------------------------------------- evaluation
 
+def length_batches(seqs: list[list[int]], batch_size: int) -> list[list[int]]:
+    """The indices of `seqs` as a reward model reads them: shortest first (ties in order), `batch_size` at a
+    time, so that each batch, padded to its own longest, pads little."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 @torch.no_grad()
-def score_pairs(model, data: PairData, micro_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen, rejected) scores of every pair: each distinct answer scored once, shortest first, `micro_batch`
-    sequences at a time (each batch padded to its own longest)."""
+def score_sequences(model: RewardModel, seqs: list[list[int]], batch_size: int) -> torch.Tensor:
+    """[len(seqs)] raw scores (fp32, CPU) of encoded sequences, in the caller's order, read in `length_batches`."""
     device = next(model.parameters()).device
-    order = sorted(range(len(data.sequences)), key=lambda i: len(data.sequences[i]))
-    scores = torch.zeros(len(data.sequences))
-    for start in range(0, len(order), micro_batch):
-        idx = order[start:start + micro_batch]
-        tokens, mask = pad_right([data.sequences[i] for i in idx])
+    scores = torch.zeros(len(seqs))
+    for idx in length_batches(seqs, batch_size):
+        tokens, mask = pad_right([seqs[i] for i in idx])
         scores[idx] = model(tokens.to(device), mask=mask.to(device)).float().cpu()
+    return scores
+
+
+def score_pairs(model, data: PairData, micro_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) scores of every pair: each distinct answer scored once (`score_sequences`)."""
+    scores = score_sequences(model, data.sequences, micro_batch)
     return scores[data.sides[:, 0]], scores[data.sides[:, 1]]
 
 
 def reward_fn(model, tokenizer, max_len: int, micro_batch: int):
-    """(dialogs, answers) -> [n] rewards of `model`, in batches (the sequences cut as in training)."""
+    """(dialogs, answers) -> [n] rewards of `model`, shortest first in batches (the sequences cut as in training)."""
     from camelid.chat_format import encode_reply
 
-    @torch.no_grad()
     def score(dialogs: list[list[dict]], answers: list[str]) -> torch.Tensor:
-        device = next(model.parameters()).device
-        seqs = [encode_reply(tokenizer, d, a, max_len) for d, a in zip(dialogs, answers)]
-        out = []
-        for i in range(0, len(seqs), micro_batch):
-            tokens, mask = pad_right(seqs[i:i + micro_batch])
-            out.append(model(tokens.to(device), mask=mask.to(device)).float().cpu())
-        return torch.cat(out) if out else torch.zeros(0)
+        return score_sequences(model, [encode_reply(tokenizer, d, a, max_len) for d, a in zip(dialogs, answers)],
+                               micro_batch)
     return score
 
 
