@@ -62,6 +62,7 @@ class RMSection:
     policy: str = ""  # proving ground: sample the answers from this policy (default: the model trained from)
     per_task: int = 0  # proving ground: > 0 draws prompts task by task until each has this many pairs
     max_prompts_per_task: int = 0  # with per_task: at most this many prompts of a task (0: 2 x per_task)
+    val_share: float = 0.25  # with per_task: held-out pairs (and prompts) of a task, as a share of per_task
     previous: str = ""  # JSONL pairs of earlier rounds, trained on with the new ones (Llama-2 keeps all)
     onpolicy_prompts: int = 240  # held-out prompts answered 4 times by the policy: accuracy_on_policy, shortcuts
     skip_bad: bool = False
@@ -84,6 +85,8 @@ class RMConfig(StageConfig):
             raise ConfigError(f"rm.kind: must be helpful or safety, got {r.kind!r}")
         if r.margin not in MARGINS:
             raise ConfigError(f"rm.margin: must be none, small or large, got {r.margin!r}")
+        if not 0 < r.val_share <= 1:
+            raise ConfigError(f"rm.val_share: must be in (0, 1], got {r.val_share}")
         if self.train.tp != 1:
             raise ConfigError("train.tp: reward models train with FSDP only (their scalar head has no "
                               "tensor-parallel plan); set train.tp=1")
@@ -322,9 +325,9 @@ def make_pairs(cfg: RMConfig, models: list, tokenizer, split: str) -> list[Prefe
     temps = list(r.temperatures) or [r.temperature]
     seed = r.seed if split == "train" else r.seed + 10_000
     if r.per_task:
-        share = 1 if split == "train" else 4  # held out: a quarter
-        per_task = max(8, r.per_task // share)
-        cap = max(16, (r.max_prompts_per_task or 2 * r.per_task) // share)
+        share = 1.0 if split == "train" else r.val_share
+        per_task = max(8, int(r.per_task * share))
+        cap = max(16, int((r.max_prompts_per_task or 2 * r.per_task) * share))
         return balanced_pairs(models, tokenizer, r.kind, split, per_task, cap, seed=seed, samples=r.samples,
                               temperatures=temps, reference=r.reference)
     n = r.prompts if split == "train" else r.val_prompts
@@ -346,7 +349,8 @@ def get_pairs(cfg: RMConfig, run_dir: Path, tokenizer, lm) -> tuple[list[Prefere
     cache = {split: run_dir / f"pairs_{split}.jsonl" for split in ("train", "test")}
     key = hashlib.sha256(json.dumps([r.kind, r.prompts, r.val_prompts, r.samples, r.temperature, r.seed,
                                      r.base_model, cfg.model.init_from, r.temperatures, r.reference, r.policy,
-                                     r.per_task, r.max_prompts_per_task]).encode()).hexdigest()[:16]
+                                     r.per_task, r.max_prompts_per_task]
+                                    + ([r.val_share] if r.val_share != 0.25 else [])).encode()).hexdigest()[:16]
     key_file = run_dir / "pairs.key"
     if all(p.exists() for p in cache.values()) and key_file.exists() and key_file.read_text() == key:
         return previous + load_pairs(cache["train"]), load_pairs(cache["test"])
@@ -386,8 +390,11 @@ def rm_body(cfg: RMConfig, ctx: RunContext) -> dict:
     t.batch_tokens = batch * max_len
     ctx.write_config(cfg)
 
+    last_val: dict = {}  # the scores of the latest validation: the final one serves the report
+
     def evaluate(m) -> dict:
         c, rj = score_pairs(m, val, t.micro_batch)
+        last_val.update(step=trainer.step, scores=(c, rj))
         acc = accuracy_by_rating(c, rj, val.pairs)
         loss = ranking_loss(c, rj, val.margins, reduction="mean").item()
         return {"loss": loss, "accuracy": acc["average"], "accuracy_by_rating": acc}
@@ -407,7 +414,7 @@ def rm_body(cfg: RMConfig, ctx: RunContext) -> dict:
               "ratings_train": rating_counts(train_pairs)}
     model.eval()
     if val is not None:
-        c, rj = score_pairs(model, val, t.micro_batch)
+        c, rj = last_val["scores"] if last_val.get("step") == trainer.step else score_pairs(model, val, t.micro_batch)
         report["accuracy"] = accuracy_by_rating(c, rj, val.pairs)
         report["val_pairs"] = len(val)
         report["ratings_val"] = rating_counts(val_pairs)
