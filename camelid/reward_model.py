@@ -24,20 +24,23 @@ class RewardModel(Transformer):
 
     kind = "reward"
 
-    def __init__(self, args: ModelArgs):
-        super().__init__(args, lm_head=False)
+    def __init__(self, args: ModelArgs, lm_head: bool = False):
+        """lm_head=True keeps the language model's head beside the reward head while training, for the language-
+        modelling regularizer (rm.lm_weight); `drop_lm_head` removes it before the reward model is saved."""
+        super().__init__(args, lm_head=lm_head)
         self.reward_head = nn.Linear(args.dim, 1, bias=False)
         self.calibration = {"scale": 1.0, "bias": 0.0}
         if not self.reward_head.weight.is_meta:
             nn.init.normal_(self.reward_head.weight, std=1.0 / math.sqrt(args.dim + 1))
 
     @classmethod
-    def from_lm(cls, lm: Transformer) -> "RewardModel":
-        """Initialise from a language model (the SFT checkpoint): every weight but the head is copied."""
+    def from_lm(cls, lm: Transformer, keep_lm_head: bool = False) -> "RewardModel":
+        """Initialise from a language model (the SFT checkpoint): every weight but the head is copied (the head
+        too with `keep_lm_head`)."""
         with torch.device("meta"):
-            rm = cls(lm.args)
+            rm = cls(lm.args, lm_head=keep_lm_head)
         # clone: the reward model must own its weights (a shared tensor would be trained by two optimizers)
-        sd = {k: v.clone() for k, v in lm.state_dict().items() if not k.startswith("output.")}
+        sd = {k: v.clone() for k, v in lm.state_dict().items() if keep_lm_head or not k.startswith("output.")}
         dev = lm.tok_embeddings.weight.device
         sd["reward_head.weight"] = torch.randn(1, lm.args.dim, device=dev) / math.sqrt(lm.args.dim + 1)
         rm.load_state_dict(sd, assign=True)
@@ -51,14 +54,30 @@ class RewardModel(Transformer):
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)
         return self.reward_head(self.hidden(tokens, positions=positions, mask=mask)).squeeze(-1).float()
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, lm_rows: torch.Tensor | None = None):
         """tokens [B, T] with mask [B, T] (True = real token; padding on either side) -> scores [B] fp32,
-        read at each row's last real token."""
+        read at each row's last real token. With `lm_rows` (a model kept with its LM head): (scores, the
+        next-token logits [len(lm_rows), T, vocab] of those rows) from the same forward."""
         if mask is None:
             mask = torch.ones_like(tokens, dtype=torch.bool)
-        scores = self.token_scores(tokens, mask)
-        last = (torch.arange(tokens.shape[1], device=tokens.device) * mask.bool()).argmax(1)
-        return scores[torch.arange(tokens.shape[0], device=tokens.device), last]
+        mask = mask.bool()
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+        hidden = self.hidden(tokens, positions=positions, mask=mask)
+        last = (torch.arange(tokens.shape[1], device=tokens.device) * mask).argmax(1)
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        scores = self.reward_head(hidden[rows, last]).squeeze(-1).float()
+        if lm_rows is None:
+            return scores
+        if getattr(self, "output", None) is None:
+            raise ValueError("lm_rows: this reward model has no language-model head (RewardModel.from_lm(..., "
+                             "keep_lm_head=True) keeps it)")
+        return scores, self.output(hidden[lm_rows])
+
+    def drop_lm_head(self) -> "RewardModel":
+        """The reward model alone: the training-only language-model head removed (a no-op without one)."""
+        if getattr(self, "output", None) is not None:
+            self.output = None
+        return self
 
     def calibrated_logit(self, scores: torch.Tensor) -> torch.Tensor:
         return self.calibration["scale"] * scores + self.calibration["bias"]

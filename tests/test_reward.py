@@ -163,7 +163,8 @@ def test_rm_stage_end_to_end(smoke_run, tmp_path):
     model = smoke_run[0] / "pretrain" / "model"
     r = camelid("rm", "--model", model, "--data", "proving-ground", "--kind", "helpful", "--margin", "large",
                 "--out", tmp_path / "rm", "--set", "rm.prompts=40", "--set", "rm.val_prompts=24",
-                "--set", "rm.batch_pairs=16", "--set", "log.progress=false", "--set", "rm.samples=1")
+                "--set", "rm.batch_pairs=16", "--set", "log.progress=false", "--set", "rm.samples=1",
+                "--set", "rm.lm_weight=0.5")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Significantly Better" in r.stdout
     report = json.loads((tmp_path / "rm" / "rm_report.json").read_text())
@@ -174,6 +175,7 @@ def test_rm_stage_end_to_end(smoke_run, tmp_path):
     assert isinstance(rm, RewardModel) and "scale" in rm.calibration
     rows = [json.loads(x) for x in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
     assert any("accuracy" in x for x in rows if "split" not in x)
+    assert all(x["lm_loss"] > 0 for x in rows if "split" not in x)  # rm.lm_weight: the head trained, then dropped
     # warmup: 3% of the steps, at least 5
     cfg = (tmp_path / "rm" / "config.toml").read_text()
     assert "warmup_steps = 5" in cfg
@@ -271,3 +273,54 @@ def test_pair_batches_run_each_answer_once_and_keep_a_prompts_pairs_together(smo
             assert rejected[k].item() == pytest.approx(
                 rm(torch.tensor([encode_reply(tok, p.prompt, p.rejected, 64)])).item(), abs=1e-4)
 
+
+
+def test_lm_regularizer_adds_the_chosen_answers_next_token_loss(smoke_run, tmp_path):
+    """rm.lm_weight (GRM): the batch marks each pair's chosen answer once (`lm_rows`) with its answer tokens
+    (`lm_mask`, the SFT loss mask); the objective is the ranking loss plus weight x pairs x the mean next-token loss
+    on those tokens, computed here from the SFT model's own logits on each chosen answer alone; the saved reward
+    model drops the head and scores as before."""
+    from camelid.chat_format import encode_dialog_with_mask
+    from camelid.checkpoint import load_checkpoint
+    from camelid.data.preferences import PreferencePair
+    from camelid.train.reward import PairData, RankingObjective
+
+    run = smoke_run[0]
+    ckpt = load_checkpoint(run / "sft" / "model")
+    lm, tok = ckpt.model.float().eval(), ckpt.tokenizer()
+    rm = RewardModel.from_lm(lm, keep_lm_head=True).eval()
+    a = [{"role": "user", "content": "Is 7 odd or even?"}]
+    b = [{"role": "user", "content": "Count the letters in end."}]
+    pairs = [PreferencePair(a, "odd", "even", "significantly_better", False),
+             PreferencePair(a, "odd", "odd, I think", "slightly_better", False),
+             PreferencePair(b, "3", "four", "better", False),
+             PreferencePair(a, "odd, I think", "even", "better", False)]
+    data = PairData(pairs, tok, 64, "small")
+    batch = data.batch([0, 1, 2, 3])
+    chosen_rows = sorted({int(r) for r in batch["chosen"]})
+    assert batch["lm_rows"].tolist() == chosen_rows and len(chosen_rows) == 3  # "odd" chosen twice, kept once
+    expected_nll = []
+    for r, row in enumerate(chosen_rows):
+        real = batch["tokens"][row][batch["mask"][row]]
+        pair = next(p for k, p in enumerate(pairs) if int(batch["chosen"][k]) == row)
+        ids, answer_mask = encode_dialog_with_mask(tok, pair.prompt + [{"role": "assistant", "content": pair.chosen}])
+        assert real.tolist() == ids
+        assert batch["lm_mask"][r][:len(ids)].tolist() == [bool(x) for x in answer_mask]
+        assert not batch["lm_mask"][r][len(ids):].any()
+        with torch.no_grad():
+            logp = torch.log_softmax(lm(real[None]).float()[0], -1)
+        expected_nll += [-logp[t - 1, ids[t]].item() for t in range(1, len(ids)) if answer_mask[t]]
+    expected_lm = sum(expected_nll) / len(expected_nll)
+    with torch.no_grad():
+        plain_loss, _ = RankingObjective()(rm, batch)
+        loss, metrics = RankingObjective(lm_weight=0.5)(rm, batch)
+    assert abs(metrics["lm_loss"] - expected_lm) < 1e-4
+    assert abs(loss.item() - (plain_loss.item() + 0.5 * 4 * expected_lm)) < 1e-3
+    scores = rm(batch["tokens"], mask=batch["mask"])
+    rm.drop_lm_head()
+    assert not any(k.startswith("output.") for k in rm.state_dict())
+    save_model(rm, tmp_path / "rm")
+    back = load_model(tmp_path / "rm").eval()
+    assert torch.allclose(back(batch["tokens"], mask=batch["mask"]), scores, atol=1e-5)
+    with pytest.raises(ValueError, match="no language-model head"):
+        back(batch["tokens"], mask=batch["mask"], lm_rows=batch["lm_rows"])

@@ -112,6 +112,8 @@ def plain_model(model, weights: dict):
 
     with torch.device("meta"):
         plain = model_class(getattr(model, "kind", "lm"))(model.args)
+    if getattr(model, "kind", "lm") == "reward":  # a training-only language-model head (rm.lm_weight) is not kept
+        weights = {k: v for k, v in weights.items() if not k.startswith("output.")}
     plain.load_state_dict(weights, strict=True, assign=True)
     if hasattr(model, "calibration"):
         plain.calibration = dict(model.calibration)

@@ -63,6 +63,9 @@ class RMSection:
     per_task: int = 0  # proving ground: > 0 draws prompts task by task until each has this many pairs
     max_prompts_per_task: int = 0  # with per_task: at most this many prompts of a task (0: 2 x per_task)
     val_share: float = 0.25  # with per_task: held-out pairs (and prompts) of a task, as a share of per_task
+    # > 0: plus this weight x the language-modelling loss on the chosen answers (per answer token, the LM head kept
+    # while training), which keeps the SFT model's knowledge in the reward model (Yang et al. 2024, GRM)
+    lm_weight: float = 0.0
     previous: str = ""  # JSONL pairs of earlier rounds, trained on with the new ones (Llama-2 keeps all)
     onpolicy_prompts: int = 240  # held-out prompts answered 4 times by the policy: accuracy_on_policy, shortcuts
     skip_bad: bool = False
@@ -85,6 +88,8 @@ class RMConfig(StageConfig):
             raise ConfigError(f"rm.kind: must be helpful or safety, got {r.kind!r}")
         if r.margin not in MARGINS:
             raise ConfigError(f"rm.margin: must be none, small or large, got {r.margin!r}")
+        if r.lm_weight < 0:
+            raise ConfigError(f"rm.lm_weight: must be >= 0, got {r.lm_weight}")
         if not 0 < r.val_share <= 1:
             raise ConfigError(f"rm.val_share: must be in (0, 1], got {r.val_share}")
         if self.train.tp != 1:
@@ -117,11 +122,12 @@ class PairData:
     one length, so a batch pads little. Pairs stay the unit of the loss and of the step count."""
 
     def __init__(self, pairs: list[PreferencePair], tokenizer, max_len: int, margin: str, seed: int = 0):
-        from camelid.chat_format import encode_reply
+        from camelid.chat_format import encode_dialog_with_mask
 
         self.pairs = pairs
         seq_ids: dict[tuple[str, str], int] = {}
         self.sequences: list[list[int]] = []
+        self.answer_masks: list[list[int]] = []  # 1 on the answer's tokens and its EOS (the LM regularizer's targets)
         group_ids: dict[str, int] = {}
         self.groups: list[list[int]] = []
         sides = []
@@ -134,7 +140,11 @@ class PairData:
             for answer in (p.chosen, p.rejected):
                 if (prompt, answer) not in seq_ids:
                     seq_ids[(prompt, answer)] = len(self.sequences)
-                    self.sequences.append(encode_reply(tokenizer, p.prompt, answer, max_len))
+                    # encode_reply's tokens (cut at the front), with their answer mask
+                    ids, answer_mask = encode_dialog_with_mask(tokenizer, p.prompt + [{"role": "assistant",
+                                                                                        "content": answer}])
+                    self.sequences.append(ids[-max_len:])
+                    self.answer_masks.append(answer_mask[-max_len:])
             sides.append((seq_ids[(prompt, p.chosen)], seq_ids[(prompt, p.rejected)]))
         self.sides = torch.tensor(sides, dtype=torch.long).view(-1, 2)
         self.margins = torch.tensor([MARGINS[margin][p.rating] for p in pairs])
@@ -158,13 +168,18 @@ class PairData:
 
     def batch(self, idx: list[int]) -> dict:
         """Pairs idx -> the distinct sequences among them, padded (`tokens`, `mask`), and for each pair the rows
-        of its `chosen` and `rejected` answers, its `margin` and `rating`."""
+        of its `chosen` and `rejected` answers, its `margin` and `rating`; `lm_rows`, the rows chosen in at least
+        one pair, with `lm_mask` [len(lm_rows), T] on their answer tokens."""
         sides = self.sides[idx]
         unique, rows = torch.unique(sides.flatten(), return_inverse=True)
         tokens, mask = pad_right([self.sequences[i] for i in unique.tolist()])
         rows = rows.view(-1, 2)
+        lm_rows = torch.unique(rows[:, 0])
+        lm_mask = torch.zeros(len(lm_rows), tokens.shape[1], dtype=torch.bool)
+        for r, seq in enumerate(unique[lm_rows].tolist()):
+            lm_mask[r, :len(self.answer_masks[seq])] = torch.tensor(self.answer_masks[seq], dtype=torch.bool)
         return {"tokens": tokens, "mask": mask, "chosen": rows[:, 0], "rejected": rows[:, 1],
-                "margin": self.margins[idx], "rating": self.rating_ids[idx]}
+                "margin": self.margins[idx], "rating": self.rating_ids[idx], "lm_rows": lm_rows, "lm_mask": lm_mask}
 
     def fetch(self, indices) -> dict:
         n = len(self)
@@ -176,17 +191,38 @@ class PairData:
 
 
 class RankingObjective:
-    """Llama-2's binary ranking loss with a margin; the loss is a sum over pairs."""
+    """Llama-2's binary ranking loss with a margin; the loss is a sum over pairs. With `lm_weight` > 0, plus
+    lm_weight x the mean next-token loss on the chosen answers' tokens, once per pair (so that the step's mean is
+    ranking loss + lm_weight x LM loss): the model must be a RewardModel kept with its LM head."""
+
+    def __init__(self, lm_weight: float = 0.0):
+        self.lm_weight = lm_weight
 
     def count_targets(self, batch: dict) -> int:
         return int(batch["margin"].numel())
 
     def __call__(self, model, batch: dict):
-        scores = model(batch["tokens"], mask=batch["mask"])
+        if self.lm_weight:
+            scores, logits = model(batch["tokens"], mask=batch["mask"], lm_rows=batch["lm_rows"])
+        else:
+            scores = model(batch["tokens"], mask=batch["mask"])
         chosen, rejected = scores[batch["chosen"]], scores[batch["rejected"]]
         loss = ranking_loss(chosen, rejected, batch["margin"].to(scores.dtype))
-        return loss, {"accuracy": (chosen > rejected).float().mean().item(),
-                      "margin_gap": (chosen - rejected).mean().item()}
+        metrics = {"accuracy": (chosen > rejected).float().mean().item(),
+                   "margin_gap": (chosen - rejected).mean().item()}
+        if self.lm_weight:
+            lm = answer_lm_loss(logits, batch["tokens"][batch["lm_rows"]], batch["lm_mask"])
+            loss = loss + self.lm_weight * lm * batch["margin"].numel()
+            metrics["lm_loss"] = lm.item()
+        return loss, metrics
+
+
+def answer_lm_loss(logits: torch.Tensor, tokens: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting each answer token (answer_mask) from the tokens before it."""
+    targets = answer_mask[:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), tokens[:, 1:].flatten(),
+                                            reduction="none").view_as(targets)
+    return (nll * targets).sum() / targets.sum().clamp(min=1)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -374,7 +410,10 @@ def rm_body(cfg: RMConfig, ctx: RunContext) -> dict:
     if not train_pairs:
         raise CamelidError("no training pairs (every candidate answer scored the same)")
     torch.manual_seed(t.seed)
-    model = lm if isinstance(lm, RewardModel) else RewardModel.from_lm(lm)
+    model = lm if isinstance(lm, RewardModel) else RewardModel.from_lm(lm, keep_lm_head=r.lm_weight > 0)
+    if r.lm_weight and getattr(model, "output", None) is None:
+        raise ConfigError(f"rm.lm_weight: {cfg.model.init_from} is a reward model, which has no language-model head "
+                          f"to keep; start from the SFT model or set rm.lm_weight=0")
     max_len = r.max_len or model.args.max_seq_len
     data = PairData(train_pairs, tok, max_len, r.margin, seed=r.seed)
     val = PairData(val_pairs, tok, max_len, r.margin, seed=r.seed) if val_pairs else None
@@ -399,7 +438,7 @@ def rm_body(cfg: RMConfig, ctx: RunContext) -> dict:
         loss = ranking_loss(c, rj, val.margins, reduction="mean").item()
         return {"loss": loss, "accuracy": acc["average"], "accuracy_by_rating": acc}
 
-    trainer = Trainer(model=model, objective=RankingObjective(), data=data, cfg=cfg, run_dir=run_dir,
+    trainer = Trainer(model=model, objective=RankingObjective(r.lm_weight), data=data, cfg=cfg, run_dir=run_dir,
                       total_steps=steps, accum=accum, dist_info=ctx.dist, evaluate=evaluate if val else None,
                       stage=f"rm-{r.kind}", model_args=model.args,
                       extra_state={"model_args": model.args.to_dict(), "tokenizer": str(tok.model_path)})
@@ -429,7 +468,9 @@ def rm_body(cfg: RMConfig, ctx: RunContext) -> dict:
         report.update(on_policy_report(reward_fn(model, tok, max_len, t.micro_batch), pair_policy(cfg, lm), tok,
                                        r.kind, r.onpolicy_prompts, r.seed + 20_000,
                                        list(r.temperatures) or [r.temperature]))
-    return ctx.finish(ctx.gathered(model), tok.model_path, report, name="rm_report.json")
+    final = ctx.gathered(model)  # None on ranks > 0
+    return ctx.finish(final.drop_lm_head() if final is not None else None, tok.model_path, report,
+                      name="rm_report.json")
 
 
 RM = Stage("rm", RMConfig, rm_body, result="rm_report.json", needs="which SFT model to start from? pass --model CKPT",
