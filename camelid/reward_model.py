@@ -46,23 +46,21 @@ class RewardModel(Transformer):
         rm.load_state_dict(sd, assign=True)
         return rm
 
+    def _hidden(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden states [B, T, dim], the bool mask), rotary positions counting real tokens only."""
+        mask = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.bool()
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+        return self.hidden(tokens, positions=positions, mask=mask), mask
+
     def token_scores(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The head at every position [B, T] fp32 (PPO's value model reads all of them)."""
-        if mask is None:
-            mask = torch.ones_like(tokens, dtype=torch.bool)
-        mask = mask.bool()
-        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
-        return self.reward_head(self.hidden(tokens, positions=positions, mask=mask)).squeeze(-1).float()
+        return self.reward_head(self._hidden(tokens, mask)[0]).squeeze(-1).float()
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, lm_rows: torch.Tensor | None = None):
         """tokens [B, T] with mask [B, T] (True = real token; padding on either side) -> scores [B] fp32,
         read at each row's last real token. With `lm_rows` (a model kept with its LM head): (scores, the
         next-token logits [len(lm_rows), T, vocab] of those rows) from the same forward."""
-        if mask is None:
-            mask = torch.ones_like(tokens, dtype=torch.bool)
-        mask = mask.bool()
-        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
-        hidden = self.hidden(tokens, positions=positions, mask=mask)
+        hidden, mask = self._hidden(tokens, mask)
         last = (torch.arange(tokens.shape[1], device=tokens.device) * mask).argmax(1)
         rows = torch.arange(tokens.shape[0], device=tokens.device)
         scores = self.reward_head(hidden[rows, last]).squeeze(-1).float()
