@@ -125,8 +125,14 @@ def encode_dialog_with_mask(tokenizer, messages, last_turn_only: bool = False) -
 def encode_reply(tokenizer, messages: list[dict], answer: str, max_len: int) -> list[int]:
     """Token ids of `messages` answered by `answer`, as a reward model reads them: its score is read at the
     end, so a dialog longer than max_len loses its oldest tokens first."""
-    return encode_dialog_with_mask(tokenizer, messages + [{"role": "assistant", "content": answer}])[0][-max_len:]
+    return encode_reply_with_mask(tokenizer, messages, answer, max_len)[0]
 
 
-__all__ = ["encode_dialog", "encode_dialog_with_mask", "encode_reply", "normalize_dialog", "ChatFormatError",
-           "SPECIAL_TAGS", "UNSAFE_ERROR", "CHAT_TEMPERATURE", "CHAT_TOP_P", "B_INST", "E_INST", "B_SYS", "E_SYS"]
+def encode_reply_with_mask(tokenizer, messages: list[dict], answer: str, max_len: int) -> tuple[list[int], list[int]]:
+    """`encode_reply`'s ids and their loss mask (1 on the answer's tokens and its EOS), cut alike."""
+    ids, mask = encode_dialog_with_mask(tokenizer, messages + [{"role": "assistant", "content": answer}])
+    return ids[-max_len:], mask[-max_len:]
+
+
+__all__ = ["encode_dialog", "encode_dialog_with_mask", "encode_reply", "encode_reply_with_mask", "normalize_dialog",
+           "ChatFormatError", "SPECIAL_TAGS", "UNSAFE_ERROR", "CHAT_TEMPERATURE", "CHAT_TOP_P", "B_INST", "E_INST", "B_SYS", "E_SYS"]

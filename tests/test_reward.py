@@ -295,7 +295,7 @@ def test_lm_regularizer_adds_the_chosen_answers_next_token_loss(smoke_run, tmp_p
              PreferencePair(a, "odd", "odd, I think", "slightly_better", False),
              PreferencePair(b, "3", "four", "better", False),
              PreferencePair(a, "odd, I think", "even", "better", False)]
-    data = PairData(pairs, tok, 64, "small")
+    data = PairData(pairs, tok, 64, "small", lm_targets=True)
     batch = data.batch([0, 1, 2, 3])
     chosen_rows = sorted({int(r) for r in batch["chosen"]})
     assert batch["lm_rows"].tolist() == chosen_rows and len(chosen_rows) == 3  # "odd" chosen twice, kept once

@@ -111,9 +111,8 @@ def plain_model(model, weights: dict):
     from camelid.checkpoint import model_class
 
     with torch.device("meta"):
-        plain = model_class(getattr(model, "kind", "lm"))(model.args)
-    if getattr(model, "kind", "lm") == "reward":  # a training-only language-model head (rm.lm_weight) is not kept
-        weights = {k: v for k, v in weights.items() if not k.startswith("output.")}
+        # a reward model may hold the LM head while it trains (rm.lm_weight): the copy holds what the model holds
+        plain = model_class(getattr(model, "kind", "lm"))(model.args, lm_head="output.weight" in weights)
     plain.load_state_dict(weights, strict=True, assign=True)
     if hasattr(model, "calibration"):
         plain.calibration = dict(model.calibration)

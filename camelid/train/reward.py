@@ -119,15 +119,17 @@ class PairData:
     Each epoch shuffles the prompts and keeps every prompt's pairs next to each other (InstructGPT trains all
     comparisons of a prompt in one batch element), and a batch runs each distinct (prompt, answer) sequence once:
     the answers of one prompt make up to K(K-1)/2 pairs from K sequences, and one prompt's sequences have about
-    one length, so a batch pads little. Pairs stay the unit of the loss and of the step count."""
+    one length, so a batch pads little. Pairs stay the unit of the loss and of the step count. With `lm_targets`
+    a batch also carries the chosen answers' tokens for the LM regularizer (rm.lm_weight)."""
 
-    def __init__(self, pairs: list[PreferencePair], tokenizer, max_len: int, margin: str, seed: int = 0):
-        from camelid.chat_format import encode_dialog_with_mask
+    def __init__(self, pairs: list[PreferencePair], tokenizer, max_len: int, margin: str, seed: int = 0,
+                 lm_targets: bool = False):
+        from camelid.chat_format import encode_reply_with_mask
 
         self.pairs = pairs
         seq_ids: dict[tuple[str, str], int] = {}
         self.sequences: list[list[int]] = []
-        self.answer_masks: list[list[int]] = []  # 1 on the answer's tokens and its EOS (the LM regularizer's targets)
+        self.answer_masks: list[list[int]] | None = [] if lm_targets else None  # 1 on the answer's tokens and EOS
         group_ids: dict[str, int] = {}
         self.groups: list[list[int]] = []
         sides = []
@@ -140,11 +142,10 @@ class PairData:
             for answer in (p.chosen, p.rejected):
                 if (prompt, answer) not in seq_ids:
                     seq_ids[(prompt, answer)] = len(self.sequences)
-                    # encode_reply's tokens (cut at the front), with their answer mask
-                    ids, answer_mask = encode_dialog_with_mask(tokenizer, p.prompt + [{"role": "assistant",
-                                                                                        "content": answer}])
-                    self.sequences.append(ids[-max_len:])
-                    self.answer_masks.append(answer_mask[-max_len:])
+                    ids, answer_mask = encode_reply_with_mask(tokenizer, p.prompt, answer, max_len)
+                    self.sequences.append(ids)
+                    if self.answer_masks is not None:
+                        self.answer_masks.append(answer_mask)
             sides.append((seq_ids[(prompt, p.chosen)], seq_ids[(prompt, p.rejected)]))
         self.sides = torch.tensor(sides, dtype=torch.long).view(-1, 2)
         self.margins = torch.tensor([MARGINS[margin][p.rating] for p in pairs])
@@ -168,18 +169,19 @@ class PairData:
 
     def batch(self, idx: list[int]) -> dict:
         """Pairs idx -> the distinct sequences among them, padded (`tokens`, `mask`), and for each pair the rows
-        of its `chosen` and `rejected` answers, its `margin` and `rating`; `lm_rows`, the rows chosen in at least
-        one pair, with `lm_mask` [len(lm_rows), T] on their answer tokens."""
+        of its `chosen` and `rejected` answers, its `margin` and `rating`; with `lm_targets`, `lm_rows`, the rows
+        chosen in at least one pair, with `lm_mask` [len(lm_rows), T] on their answer tokens."""
         sides = self.sides[idx]
         unique, rows = torch.unique(sides.flatten(), return_inverse=True)
         tokens, mask = pad_right([self.sequences[i] for i in unique.tolist()])
         rows = rows.view(-1, 2)
-        lm_rows = torch.unique(rows[:, 0])
-        lm_mask = torch.zeros(len(lm_rows), tokens.shape[1], dtype=torch.bool)
-        for r, seq in enumerate(unique[lm_rows].tolist()):
-            lm_mask[r, :len(self.answer_masks[seq])] = torch.tensor(self.answer_masks[seq], dtype=torch.bool)
-        return {"tokens": tokens, "mask": mask, "chosen": rows[:, 0], "rejected": rows[:, 1],
-                "margin": self.margins[idx], "rating": self.rating_ids[idx], "lm_rows": lm_rows, "lm_mask": lm_mask}
+        out = {"tokens": tokens, "mask": mask, "chosen": rows[:, 0], "rejected": rows[:, 1],
+               "margin": self.margins[idx], "rating": self.rating_ids[idx]}
+        if self.answer_masks is not None:
+            out["lm_rows"] = torch.unique(rows[:, 0])
+            out["lm_mask"] = pad_right([self.answer_masks[i] for i in unique[out["lm_rows"]].tolist()],
+                                       length=tokens.shape[1])[0].bool()
+        return out
 
     def fetch(self, indices) -> dict:
         n = len(self)
@@ -415,7 +417,7 @@ def rm_body(cfg: RMConfig, ctx: RunContext) -> dict:
         raise ConfigError(f"rm.lm_weight: {cfg.model.init_from} is a reward model, which has no language-model head "
                           f"to keep; start from the SFT model or set rm.lm_weight=0")
     max_len = r.max_len or model.args.max_seq_len
-    data = PairData(train_pairs, tok, max_len, r.margin, seed=r.seed)
+    data = PairData(train_pairs, tok, max_len, r.margin, seed=r.seed, lm_targets=r.lm_weight > 0)
     val = PairData(val_pairs, tok, max_len, r.margin, seed=r.seed) if val_pairs else None
 
     model = ctx.parallelize(model)  # FSDP under torchrun
